@@ -1,0 +1,1 @@
+"""linnaeus-metrics service: exact global metrics for multi-task training."""

@@ -1,0 +1,1 @@
+"""Pure aggregation: run state, schedule, naming (no web, storage or sink imports)."""

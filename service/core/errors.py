@@ -1,0 +1,98 @@
+"""Domain errors of the service core. Core errors carry no HTTP codes (api/errors.py maps them).
+
+    ServiceError
+    ├── InvalidInput            a value the caller sent is wrong (names the field and value)
+    │   └── ConfigError         the METRICS / EXPERIMENT section is invalid
+    ├── NotFound
+    │   ├── UnknownRun
+    │   └── UnknownSession
+    ├── Conflict                the request contradicts the run's state
+    │   ├── RunConflict         same run id, different spec
+    │   ├── SessionFenced       a newer session of the rank exists
+    │   ├── SequenceGap         events skipped a sequence number
+    │   ├── StepAlreadyCompleted
+    │   └── RunFinished
+    ├── IncompatibleState       a snapshot that does not fit this run
+    │   └── SnapshotVersionMismatch
+    ├── CheckpointPending       not every rank's marker is in yet
+    ├── LimitExceeded           a configured bound was hit
+    └── StoreUnavailable        the durable store cannot take writes
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the service raises on purpose."""
+
+
+class InvalidInput(ServiceError):
+    """A value the caller sent is wrong."""
+
+
+class ConfigError(InvalidInput):
+    """The training config's METRICS or EXPERIMENT section is invalid."""
+
+
+class NotFound(ServiceError):
+    """Something named by the caller does not exist."""
+
+
+class UnknownRun(NotFound):
+    """No run with that id."""
+
+
+class UnknownSession(NotFound):
+    """No session with that id in the run."""
+
+
+class Conflict(ServiceError):
+    """The request contradicts the run's current state."""
+
+
+class RunConflict(Conflict):
+    """A run with the same id exists with a different spec."""
+
+
+class SessionFenced(Conflict):
+    """A newer session of the same rank fenced this one."""
+
+
+class SequenceGap(Conflict):
+    """Events skipped a sequence number."""
+
+    def __init__(self, message: str, expected_seq: int) -> None:
+        super().__init__(message)
+        self.expected_seq = expected_seq
+
+
+class StepAlreadyCompleted(Conflict):
+    """A train record arrived for a step its rank had already completed."""
+
+
+class RunFinished(Conflict):
+    """The run is finished and takes no more events."""
+
+
+class IncompatibleState(ServiceError):
+    """A snapshot that does not fit this run."""
+
+
+class SnapshotVersionMismatch(IncompatibleState):
+    """A snapshot written by an incompatible schema version."""
+
+
+class CheckpointPending(ServiceError):
+    """Not every rank's checkpoint marker is in yet."""
+
+    def __init__(self, message: str, missing_ranks: list[int]) -> None:
+        super().__init__(message)
+        self.missing_ranks = missing_ranks
+
+
+class LimitExceeded(ServiceError):
+    """A configured limit was hit."""
+
+
+class StoreUnavailable(ServiceError):
+    """The durable store cannot take writes (disk full, corrupt file)."""

@@ -1,0 +1,74 @@
+"""Latest values, bounded history and best values of a run's emitted keys.
+
+History keeps at most ``max_points`` per key: when a series overflows, every other point
+of its older half is dropped (the newer half keeps full resolution), so long runs stay
+bounded, old points are downsampled rather than cut, and the recent past stays exact.
+
+>>> book = MetricsBook(max_points=4)
+>>> for step in range(1, 7):
+...     book.record(step, {"train/loss": float(step)})
+>>> book.history["train/loss"][0]
+[1, 4, 5, 6]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_MAX_POINTS = 10_000
+
+
+class MetricsBook:
+    """What has been emitted: latest value per key, history series, best values."""
+
+    def __init__(self, max_points: int = DEFAULT_MAX_POINTS) -> None:
+        self.max_points = max_points
+        self.latest: dict[str, tuple[float, int]] = {}
+        self.history: dict[str, tuple[list[int], list[float]]] = {}
+        self.best: dict[str, tuple[float, bool]] = {}
+
+    def record(self, step: int, values: Mapping[str, float]) -> None:
+        """Record values emitted at ``step``."""
+        for key, value in values.items():
+            self.latest[key] = (value, step)
+            steps, series = self.history.setdefault(key, ([], []))
+            steps.append(step)
+            series.append(value)
+            if len(steps) > self.max_points:
+                _thin(steps, series)
+
+    def offer_best(self, key: str, value: float, higher_is_better: bool) -> None:
+        """Keep ``value`` under ``key`` if it beats the best so far."""
+        known = self.best.get(key)
+        better = known is None or (value > known[0] if higher_is_better else value < known[0])
+        if better:
+            self.best[key] = (value, higher_is_better)
+
+    def best_values(self) -> dict[str, float]:
+        """``{final_key: best value}``, sorted by key."""
+        return {k: v for k, (v, _) in sorted(self.best.items())}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {
+            "max_points": self.max_points,
+            "latest": {k: [v, s] for k, (v, s) in self.latest.items()},
+            "history": {k: [list(st), list(vs)] for k, (st, vs) in self.history.items()},
+            "best": {k: [v, h] for k, (v, h) in self.best.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricsBook:
+        """Inverse of ``to_dict``."""
+        book = cls(int(data["max_points"]))
+        book.latest = {k: (float(v), int(s)) for k, (v, s) in data["latest"].items()}
+        book.history = {k: ([int(x) for x in st], [float(x) for x in vs]) for k, (st, vs) in data["history"].items()}
+        book.best = {k: (float(v), bool(h)) for k, (v, h) in data["best"].items()}
+        return book
+
+
+def _thin(steps: list[int], values: list[float]) -> None:
+    half = len(steps) // 2
+    steps[:half] = steps[:half:2]
+    values[:half] = values[:half:2]

@@ -1,0 +1,352 @@
+"""The state machine of one run: per-rank completion, pending steps, windows, epochs, best.
+
+Events of a rank are first checked (``check``), which never mutates, and then applied
+(``apply``), which never fails. A train step's records wait in a pending bucket until
+every rank has completed that step (DESIGN §3b); the global watermark then moves and
+the steps up to it are folded into the open windows in step order, firing the schedule's
+groups as they pass. Epochs close when every rank has ended them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from client._wire import (
+    TRAIN_PHASE,
+    BatchEvent,
+    CheckpointEvent,
+    CompleteEvent,
+    EndEpochEvent,
+    Event,
+    ScalarEvent,
+    WireError,
+    check_batch_against,
+)
+from service.core.emission import Emission
+from service.core.errors import InvalidInput, RunFinished, StepAlreadyCompleted
+from service.core.metrics_book import MetricsBook
+from service.core.naming import metric_key
+from service.core.scalars import ScalarTable
+from service.core.schedule import Schedule
+from service.core.spec import RunSpec
+from service.core.state import NULL_FAMILY, Accumulator, Layout, Metrics
+
+WINDOW_GROUPS = ("step", "wandb", "console")
+FIRE_ORDER = ("step", "wandb", "console", "lr", "pipeline")
+
+
+@dataclass
+class RankState:
+    """How far one rank has got."""
+
+    completed: int = -1
+    last_step: int = -1
+    ended: dict[str, set[int]] = field(default_factory=dict)
+
+    def copy(self) -> RankState:
+        """An independent copy (for checks that must not mutate)."""
+        return RankState(self.completed, self.last_step, {p: set(e) for p, e in self.ended.items()})
+
+    def see_step(self, step: int) -> None:
+        """A train record at ``step`` completes every earlier step."""
+        self.completed = max(self.completed, step - 1)
+        self.last_step = max(self.last_step, step)
+
+
+@dataclass
+class StepBucket:
+    """Records of one train step waiting for every rank to complete it."""
+
+    acc: Accumulator | None = None
+    scalars: dict[str, ScalarTable] = field(default_factory=dict)
+
+
+@dataclass
+class Window:
+    """An open window of a windowed group."""
+
+    acc: Accumulator
+    last_fire: int = 0
+    prev_t_max: float = -math.inf
+
+
+class RunState:
+    """Everything the service knows of one run, fed by validated events."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.schedule: Schedule = spec.schedule()
+        self.layout = Layout(spec.tasks, spec.subsets)
+        self.ranks = [RankState() for _ in range(spec.world_size)]
+        self.watermark = -1
+        self.pending: dict[int, StepBucket] = {}
+        self.windows = {g: Window(Accumulator(self.layout)) for g in WINDOW_GROUPS}
+        self.epochs: dict[tuple[str, int], Accumulator] = {}
+        self.current = {"lr": ScalarTable(), "pipeline": ScalarTable()}
+        self.higher_is_better: dict[str, bool] = {}
+        self.book = MetricsBook()
+        self.finished = False
+        self.outbox: list[Emission] = []
+
+    # ------------------------------------------------------------ check (no mutation)
+
+    def check(self, rank: int, events: Sequence[Event]) -> None:
+        """Raise if any event is invalid for this run and rank; changes nothing."""
+        if self.finished:
+            raise RunFinished(f"run {self.spec.run_id!r} is finished and takes no more events")
+        state = self.ranks[rank].copy()
+        for i, event in enumerate(events):
+            self._check_one(state, event, f"events[{i}]")
+            _advance_rank(state, event)
+
+    def _check_one(self, state: RankState, event: Event, where: str) -> None:
+        if isinstance(event, BatchEvent):
+            self._check_batch(state, event, where)
+        elif isinstance(event, ScalarEvent):
+            _check_step(state, event.step, where)
+            self._check_directions(event, where)
+
+    def _check_batch(self, state: RankState, batch: BatchEvent, where: str) -> None:
+        try:
+            check_batch_against(batch, self.spec.tasks, where)
+        except WireError as exc:
+            raise InvalidInput(str(exc)) from exc
+        if NULL_FAMILY in batch.subsets:
+            raise InvalidInput(f"{where}.subsets: the family name {NULL_FAMILY!r} is reserved")
+        if batch.epoch in state.ended.get(batch.phase, ()):
+            raise StepAlreadyCompleted(
+                f"{where}.epoch: this rank already ended {batch.phase} epoch {batch.epoch}"
+            )
+        if batch.phase == TRAIN_PHASE:
+            _check_step(state, batch.step, where)
+
+    def _check_directions(self, event: ScalarEvent, where: str) -> None:
+        for name, higher in event.higher_is_better.items():
+            known = self.higher_is_better.get(name)
+            if known is not None and known != higher:
+                raise InvalidInput(
+                    f"{where}.higher_is_better.{name}: was declared {known}, now {higher}"
+                )
+
+    # ------------------------------------------------------------ apply
+
+    def apply(self, rank: int, events: Iterable[Event]) -> None:
+        """Apply checked events of ``rank`` in order; emissions go to ``outbox``."""
+        for event in events:
+            self._apply_one(rank, event)
+        self._advance()
+
+    def _apply_one(self, rank: int, event: Event) -> None:
+        state = self.ranks[rank]
+        if isinstance(event, BatchEvent):
+            self._apply_batch(event)
+        elif isinstance(event, ScalarEvent):
+            bucket = self.pending.setdefault(event.step, StepBucket())
+            bucket.scalars.setdefault(event.kind, ScalarTable()).set(rank, event.values)
+            self.higher_is_better.update(event.higher_is_better)
+        _advance_rank(state, event)
+        if isinstance(event, EndEpochEvent):
+            self._advance()
+            self._maybe_close_epoch(event.phase, event.epoch)
+
+    def _apply_batch(self, batch: BatchEvent) -> None:
+        delta = Accumulator(self.layout)
+        delta.update(batch)
+        self.epochs.setdefault((batch.phase, batch.epoch), Accumulator(self.layout)).merge(delta)
+        if batch.phase == TRAIN_PHASE:
+            bucket = self.pending.setdefault(batch.step, StepBucket())
+            if bucket.acc is None:
+                bucket.acc = delta
+            else:
+                bucket.acc.merge(delta)
+
+    # ------------------------------------------------------------ watermark and schedule
+
+    def _advance(self) -> None:
+        target = min(r.completed for r in self.ranks)
+        if target <= self.watermark:
+            return
+        steps = {s for s in self.pending if self.watermark < s <= target}
+        for group in FIRE_ORDER:
+            steps.update(self.schedule.firing_steps(group, self.watermark, target))
+        for step in sorted(steps):
+            self._fold(step)
+            for group in FIRE_ORDER:
+                if self.schedule.fires(group, step):
+                    self._fire(group, step)
+        self.watermark = target
+
+    def _fold(self, step: int) -> None:
+        bucket = self.pending.pop(step, None)
+        if bucket is None:
+            return
+        if bucket.acc is not None:
+            for window in self.windows.values():
+                window.acc.merge(bucket.acc)
+        for kind, table in bucket.scalars.items():
+            if kind in self.current:
+                self.current[kind].update(table)
+            else:
+                self._emit_scalars(kind, step, table)
+
+    def _fire(self, group: str, step: int) -> None:
+        if group in self.current:
+            self._emit_scalars(group, step, self.current[group])
+        elif group == "step":
+            self._fire_window("step", step, "step")
+        elif group == "wandb":
+            self._fire_wandb(step)
+        else:
+            self._fire_window("console", step, "step", global_only=True)
+
+    def _emit_scalars(self, kind: str, step: int, table: ScalarTable) -> None:
+        means = table.means()
+        if not means:
+            return
+        values = {metric_key(kind, name): value for name, value in means.items()}
+        self._emit(step, kind, values)
+        if kind == "custom":
+            for name, value in means.items():
+                if name in self.higher_is_better:
+                    self.book.offer_best(metric_key("final", name, phase="custom"), value,
+                                         self.higher_is_better[name])
+
+    def _fire_window(self, group: str, step: int, window: str, global_only: bool = False) -> None:
+        state = self.windows[group]
+        if state.acc.n == 0:
+            return
+        values = _keys(state.acc.compute(), TRAIN_PHASE, window, global_only)
+        values.update(self._rates(state, step))
+        self._emit(step, group, values)
+        self._reset(state, step)
+
+    def _fire_wandb(self, step: int) -> None:
+        state = self.windows["wandb"]
+        if state.acc.n == 0:
+            return
+        metrics = state.acc.compute()
+        values = _keys(metrics, TRAIN_PHASE, "step_avg", global_only=True)
+        values.update(self._core_keys(metrics, step))
+        self._emit(step, "wandb", values)
+        self._reset(state, step)
+
+    def _core_keys(self, train: Metrics, step: int) -> dict[str, float]:
+        out = {metric_key("core", "global_step"): float(step)}
+        pairs = (("train_loss", "loss"), ("train_chain_acc", "chain_accuracy"),
+                 ("train_partial_chain_acc", "partial_chain_accuracy"))
+        out.update({metric_key("core", k): train[(None, None, s)] for k, s in pairs if (None, None, s) in train})
+        for core_name, suffix in (("val_loss", "loss"), ("val_chain_acc", "chain_accuracy"),
+                                  ("val_partial_chain_acc", "partial_chain_accuracy")):
+            self._copy_latest(out, metric_key("core", core_name), metric_key("window", suffix, phase="val", window="epoch"))
+        for task in self.spec.task_names:
+            self._copy_latest(out, metric_key("core", "val_acc1", task=task),
+                              metric_key("window", f"acc1_{task}", phase="val", window="epoch"))
+        return out
+
+    def _copy_latest(self, out: dict[str, float], key: str, source: str) -> None:
+        latest = self.book.latest.get(source)
+        if latest is not None:
+            out[key] = latest[0]
+
+    def _rates(self, state: Window, step: int) -> dict[str, float]:
+        start = state.prev_t_max if math.isfinite(state.prev_t_max) else state.acc.t_min
+        elapsed = state.acc.t_max - start
+        if elapsed <= 0:
+            return {}
+        steps = step - state.last_fire
+        remaining = max(0, self.spec.total_steps - step)
+        return {
+            metric_key("window", "samples_per_sec"): state.acc.n / elapsed,
+            metric_key("window", "eta_sec"): remaining * elapsed / steps if steps > 0 else 0.0,
+        }
+
+    def _reset(self, state: Window, step: int) -> None:
+        state.prev_t_max = state.acc.t_max
+        state.last_fire = step
+        state.acc = Accumulator(self.layout)
+
+    # ------------------------------------------------------------ epochs and finish
+
+    def _maybe_close_epoch(self, phase: str, epoch: int) -> None:
+        if all(epoch in r.ended.get(phase, ()) for r in self.ranks):
+            acc = self.epochs.pop((phase, epoch), None)
+            if acc is not None and acc.n:
+                self._emit_epoch(phase, acc)
+
+    def _emit_epoch(self, phase: str, acc: Accumulator) -> None:
+        metrics = acc.compute()
+        values = _keys(metrics, phase, "epoch", global_only=False)
+        duration = acc.t_max - acc.t_min
+        values[metric_key("window", "epoch_duration_sec", phase=phase, window="epoch")] = duration
+        if duration > 0:
+            values[metric_key("window", "avg_samples_per_sec", phase=phase, window="epoch")] = acc.n / duration
+        self._emit(max(acc.max_step, 0), "epoch", values)
+        for (family, _, suffix), value in metrics.items():
+            if family is None:
+                self.book.offer_best(metric_key("final", suffix, phase=phase), value,
+                                     not suffix.startswith("loss"))
+
+    def finish(self) -> None:
+        """Complete every rank, close open windows and epochs, emit the final summary."""
+        if self.finished:
+            return
+        top = max(r.last_step for r in self.ranks)
+        for rank in self.ranks:
+            rank.completed = max(rank.completed, top)
+        self._advance()
+        last = max(self.watermark, 0)
+        for group, window in (("step", "step"), ("wandb", None), ("console", "step")):
+            if self.schedule.intervals[group] and not self.schedule.fires(group, last):
+                if window is None:
+                    self._fire_wandb(last)
+                else:
+                    self._fire_window(group, last, window, global_only=group == "console")
+        for (phase, _), acc in sorted(self.epochs.items()):
+            if acc.n:
+                self._emit_epoch(phase, acc)
+        self.epochs.clear()
+        self.finished = True
+        self.outbox.append(Emission(self.spec.run_id, last, "final", dict(self.book.best_values())))
+
+    # ------------------------------------------------------------ output
+
+    def _emit(self, step: int, group: str, values: dict[str, float]) -> None:
+        emission = Emission(self.spec.run_id, step, group, values)
+        if group != "console":
+            self.book.record(step, values)
+        self.outbox.append(emission)
+
+    def drain(self) -> list[Emission]:
+        """Take the emissions produced since the last drain."""
+        out, self.outbox = self.outbox, []
+        return out
+
+
+def _check_step(state: RankState, step: int, where: str) -> None:
+    if step <= state.completed:
+        raise StepAlreadyCompleted(
+            f"{where}.step: step {step} was already completed by this rank (completed through {state.completed})"
+        )
+
+
+def _advance_rank(state: RankState, event: Event) -> None:
+    if isinstance(event, BatchEvent) and event.phase == TRAIN_PHASE or isinstance(event, ScalarEvent):
+        state.see_step(event.step)
+    elif isinstance(event, EndEpochEvent):
+        state.ended.setdefault(event.phase, set()).add(event.epoch)
+        if event.phase == TRAIN_PHASE:
+            state.completed = max(state.completed, state.last_step)
+    elif isinstance(event, CompleteEvent):
+        state.completed = max(state.completed, event.through_step)
+    elif isinstance(event, CheckpointEvent):
+        pass
+
+
+def _keys(metrics: Metrics, phase: str, window: str, global_only: bool) -> dict[str, float]:
+    return {
+        metric_key("window", suffix, phase=phase, window=window, family=family, label=label): value
+        for (family, label, suffix), value in metrics.items()
+        if family is None or not global_only
+    }

@@ -1,0 +1,1 @@
+"""Outputs fed by the run state's emissions: wandb, console, in-memory."""

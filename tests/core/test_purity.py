@@ -1,0 +1,44 @@
+"""service/core stays pure: no web, HTTP client, wandb, storage or sink imports (like httpx's export test)."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import service.core
+
+FORBIDDEN = ("fastapi", "starlette", "httpx", "wandb", "uvicorn", "sqlite3", "service.api", "service.sinks",
+             "service.storage", "client._client", "client._transport", "client._worker")
+CORE = Path(service.core.__file__).parent
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted(CORE.glob("*.py")), ids=lambda p: p.name)
+def test_core_module_imports_nothing_impure(path: Path) -> None:
+    bad = [n for n in _imports(path) if any(n == f or n.startswith(f + ".") for f in FORBIDDEN)]
+    assert bad == []
+
+
+def test_core_doctests_pass() -> None:
+    failures = 0
+    tried = 0
+    for info in pkgutil.iter_modules(service.core.__path__, "service.core."):
+        result = doctest.testmod(importlib.import_module(info.name))
+        failures += result.failed
+        tried += result.attempted
+    assert tried > 10 and failures == 0

@@ -1,0 +1,151 @@
+"""A whole run through the registry equals the reference for any arrival order (DESIGN §3, §3b)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from client._wire import CompleteEvent, Event, ScalarEvent
+from service.core.errors import InvalidInput, SequenceGap, SessionFenced, StepAlreadyCompleted, UnknownSession
+from service.core.registry import RunRegistry
+from service.sinks.memory import MemorySink
+from tests.conftest import RunData, make_run, stream_events, to_event
+from tests.reference import expected_history, expected_summary
+
+METRICS = {"STEP_INTERVAL": 3, "WANDB_INTERVAL": 4, "LR_INTERVAL": 2, "PIPELINE_INTERVAL": 5, "CONSOLE_INTERVAL": 7}
+INTERVALS = {"step": 3, "wandb": 4, "lr": 2, "pipeline": 5}
+TIMING = ("samples_per_sec", "eta_sec", "epoch_duration_sec", "core/")
+
+
+def _deliver(data: RunData, order: str, seed: int) -> tuple[RunRegistry, MemorySink]:
+    sink = MemorySink()
+    registry = RunRegistry([sink])
+    registry.create_run(data.spec("r", METRICS))
+    streams = {r: stream_events(data, r) for r in range(data.world_size)}
+    sessions = {r: registry.open_session("r", r)["session"] for r in streams}
+    sent = dict.fromkeys(streams, 0)
+    rng = random.Random(seed)
+    ranks = list(streams)
+    if order == "skewed":  # one rank finishes everything before the next starts
+        rng.shuffle(ranks)
+        for r in ranks:
+            _send(registry, sessions[r], streams[r], sent, r, len(streams[r]))
+    else:
+        while any(sent[r] < len(streams[r]) for r in ranks):
+            r = rng.choice([r for r in ranks if sent[r] < len(streams[r])])
+            _send(registry, sessions[r], streams[r], sent, r, rng.randint(1, 6))
+    registry.finish("r")
+    return registry, sink
+
+
+def _send(registry: RunRegistry, session: str, stream: list[Event], sent: dict[int, int], rank: int, n: int) -> None:
+    chunk = stream[sent[rank]:sent[rank] + n]
+    reply = registry.ingest("r", session, sent[rank], chunk)
+    sent[rank] += len(chunk)
+    assert reply["acked_seq"] == sent[rank]
+
+
+def _history(registry: RunRegistry) -> dict[str, list[tuple[int, float]]]:
+    series = registry.history("r", None, None, None)["series"]
+    return {k: list(zip(v["steps"], v["values"], strict=True)) for k, v in series.items()
+            if not any(t in k for t in TIMING)}
+
+
+@pytest.mark.parametrize(("order", "seed"), [("interleaved", 1), ("interleaved", 2), ("skewed", 3), ("skewed", 4)])
+def test_history_and_summary_equal_reference(order: str, seed: int) -> None:
+    data = make_run(seed, world_size=3, steps_per_epoch=7, epochs=2)
+    registry, _ = _deliver(data, order, seed)
+    want = expected_history(data.recs, data.tasks, INTERVALS, data.scalars, data.last_step)
+    assert _history(registry) == want
+    summary = registry.summary("r")["summary"]
+    want_summary = expected_summary(data.recs, data.tasks)
+    want_summary["final_custom_map"] = max(v for _, v in want["custom/map"])
+    assert summary == want_summary
+
+
+def test_every_order_gives_identical_state() -> None:
+    data = make_run(21, world_size=4, steps_per_epoch=5, epochs=2)
+    results = [registry.history("r", None, None, None) for registry, _ in
+               (_deliver(data, o, s) for o, s in [("interleaved", 5), ("interleaved", 6), ("skewed", 7)])]
+    assert results[0] == results[1] == results[2]
+
+
+def test_wandb_rows_carry_step_avg_and_core_keys() -> None:
+    data = make_run(31, world_size=2, steps_per_epoch=8, epochs=2)
+    _, sink = _deliver(data, "interleaved", 31)
+    rows = sink.of("r", "wandb")
+    assert [e.step for e in rows] == [4, 8, 12, 16]
+    want = expected_history(data.recs, data.tasks, INTERVALS, data.scalars, data.last_step)
+    first_val = dict(want["val/loss"])
+    for row in rows:
+        assert row.values["core/global_step"] == row.step
+        assert row.values["core/train_loss"] == row.values["train/step_avg_loss"] == dict(want["train/step_avg_loss"])[row.step]
+        if row.step > 8:  # the first val epoch closed at step 8
+            assert row.values["core/val_loss"] == first_val[8]
+        else:
+            assert "core/val_loss" not in row.values
+
+
+def test_nothing_emitted_until_every_rank_completed_the_window() -> None:
+    data = make_run(41, world_size=2, steps_per_epoch=6, epochs=1)
+    sink = MemorySink()
+    registry = RunRegistry([sink])
+    registry.create_run(data.spec("r", METRICS))
+    s0, s1 = (registry.open_session("r", r)["session"] for r in (0, 1))
+    registry.ingest("r", s0, 0, stream_events(data, 0))  # rank 0 finishes its epoch
+    assert sink.of("r", "step") == [] and sink.of("r", "epoch") == []
+    rank1 = [e for e in stream_events(data, 1) if getattr(e, "phase", None) == "train" and hasattr(e, "targets")]
+    registry.ingest("r", s1, 0, rank1[:4])  # steps 1..4: rank 1 has completed step 3
+    assert [e.step for e in sink.of("r", "step")] == [3]
+    registry.ingest("r", s1, 4, [CompleteEvent(4)])
+    assert [e.step for e in sink.of("r", "step")] == [3]  # step 6 window still open
+    registry.ingest("r", s1, 5, rank1[4:] + [CompleteEvent(6)])
+    assert [e.step for e in sink.of("r", "step")] == [3, 6]
+
+
+def test_duplicate_delivery_changes_nothing() -> None:
+    data = make_run(51, world_size=2, steps_per_epoch=4, epochs=1)
+    registry = RunRegistry()
+    registry.create_run(data.spec("r", METRICS))
+    s0 = registry.open_session("r", 0)["session"]
+    events = stream_events(data, 0)
+    registry.ingest("r", s0, 0, events[:5])
+    before = registry.info("r")["ranks"], registry.history("r", None, None, None)
+    again = registry.ingest("r", s0, 0, events[:5])  # the ack was lost; the client resends
+    assert again == {"acked_seq": 5, "applied": 0}
+    assert (registry.info("r")["ranks"], registry.history("r", None, None, None)) == before
+    overlap = registry.ingest("r", s0, 3, events[3:8])  # partly new
+    assert overlap == {"acked_seq": 8, "applied": 3}
+    with pytest.raises(SequenceGap) as gap:
+        registry.ingest("r", s0, 10, events[10:11])
+    assert gap.value.expected_seq == 8
+
+
+def test_rejected_delivery_changes_nothing() -> None:
+    data = make_run(61, world_size=1, steps_per_epoch=4, epochs=1)
+    registry = RunRegistry()
+    registry.create_run(data.spec("r", METRICS))
+    s0 = registry.open_session("r", 0)["session"]
+    train = [to_event(r) for r in data.recs if r.phase == "train"]
+    registry.ingest("r", s0, 0, train[:3])
+    before = registry.info("r"), registry.history("r", None, None, None)
+    bad = to_event(data.recs[3])
+    bad.targets["genus"][0] = 99
+    with pytest.raises(InvalidInput, match=r"targets.genus: class index 99 outside \[0, 6\)"):
+        registry.ingest("r", s0, 3, [train[3], bad])
+    with pytest.raises(StepAlreadyCompleted, match="step 1 was already completed"):
+        registry.ingest("r", s0, 3, [ScalarEvent("lr", 1, 0.0, {"x": 1.0})])
+    assert (registry.info("r"), registry.history("r", None, None, None)) == before
+
+
+def test_newer_session_fences_older() -> None:
+    data = make_run(71, world_size=2, steps_per_epoch=2, epochs=1)
+    registry = RunRegistry()
+    registry.create_run(data.spec("r", METRICS))
+    old = registry.open_session("r", 1)["session"]
+    registry.open_session("r", 1)
+    with pytest.raises(SessionFenced):
+        registry.ingest("r", old, 0, stream_events(data, 1)[:1])
+    with pytest.raises(UnknownSession):
+        registry.ingest("r", "nope", 0, [])
