@@ -173,6 +173,10 @@ class RunRegistry:
                 self._emit(run)
             return run.state.book.best_values()
 
+    def finish_sinks(self, run_id: str, summary: Mapping[str, float], timeout_s: float) -> dict[str, str]:
+        """Finish the run in every sink (bounded); returns how each ended."""
+        return {sink.name: sink.finish_run(run_id, summary, timeout_s) for sink in self.sinks}
+
     def _emit(self, run: Run) -> None:
         emissions = run.state.drain()
         if emissions:

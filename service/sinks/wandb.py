@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from service.core.emission import Emission
+from service.core.errors import ConfigError
 from service.core.experiment import WandbOptions, resolve_wandb_options, without_secrets
 
 _log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ _MAX_WINDOWS = 64
 _ROWS_PER_TURN = 256
 #: Wake-up bound while a retry is scheduled (an injected clock may not follow real time).
 _MAX_IDLE_WAIT_S = 1.0
+_DISABLED = WandbOptions(
+    enabled=False, project="", entity=None, name="", group=None, tags=(), notes=None,
+    run_id="", resume=None,
+)
 _WANDB_SETTINGS: dict[str, Any] = {
     "console": "off",
     "silent": True,
@@ -121,9 +126,9 @@ class _Rows:
             del self._windows[0]
 
     def _window_at(self, step: int) -> Mapping[str, Any]:
-        for window_step, values in reversed(self._windows):
-            if window_step <= step:
-                return values
+        for window in self._windows[::-1]:
+            if window[0] <= step:
+                return window[1]
         return {}
 
     def _merge(self, step: int, values: Mapping[str, Any]) -> None:
@@ -176,6 +181,7 @@ class _Run:
     skip_warned: bool = False
     wandb_run_id: str | None = None
     dir: str | None = None
+    config_error: str | None = None
 
     def pending_rows(self) -> int:
         return len(self.rows.rows) + (self.retry_row is not None)
@@ -235,8 +241,17 @@ class WandbSink:
     # -- Sink protocol ---------------------------------------------------------------
 
     def open_run(self, run_id: str, spec: Mapping[str, Any]) -> None:
-        """Start (in the worker) the wandb run of ``run_id``; a no-op if already open."""
-        options = resolve_wandb_options(spec.get("config"), run_id)
+        """Start (in the worker) the wandb run of ``run_id``; a no-op if already open.
+
+        An invalid ``EXPERIMENT`` section is logged and leaves the run without wandb output
+        (state ``config_error``); the API validates it with ``resolve_wandb_options`` first.
+        """
+        config_error: str | None = None
+        try:
+            options = resolve_wandb_options(spec.get("config"), run_id)
+        except ConfigError as exc:
+            _log.error("wandb run %s: not logged to wandb: %s", run_id, exc)
+            options, config_error = _DISABLED, str(exc)
         for warning in options.warnings:
             _log.warning("wandb run %s: %s", run_id, warning)
         with self._cond:
@@ -250,6 +265,7 @@ class WandbSink:
                 rows=_Rows(self._max_pending_rows),
                 disabled=not options.enabled or self.mode == "disabled",
                 retry_delay_s=self._retry_initial_s,
+                config_error=config_error,
             )
             if current is not None:  # reopened after finish: keep wandb's step monotonic
                 run.rows.sent_step = current.rows.sent_step
@@ -293,7 +309,7 @@ class WandbSink:
             if run is None:
                 return f"failed: run {run_id!r} was not opened on the wandb sink"
             if run.disabled:
-                return "disabled"
+                return f"failed: {run.config_error}" if run.config_error else "disabled"
             if run.done:
                 return run.outcome or "finished"
             if self._closed:
@@ -435,13 +451,14 @@ class WandbSink:
                 run.retry_row = None
             if item is None:
                 return True
-            if not self._call(run, "log", lambda: self._log_row(run, *item)):
+            step, row = item
+            if not self._call(run, "log", lambda: self._log_row(run, step, row)):
                 with self._cond:
                     run.retry_row = item
                 return False
             with self._cond:
                 run.rows_logged += 1
-                run.last_step = item[0]
+                run.last_step = step
         return False
 
     def _log_row(self, run: _Run, step: int, row: dict[str, Any]) -> None:
@@ -558,6 +575,8 @@ def _run_config(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _state(run: _Run) -> str:
+    if run.config_error is not None:
+        return "config_error"
     if run.disabled:
         return "disabled"
     if run.done:
@@ -581,7 +600,7 @@ def _status(state: str, mode: str, run: _Run | None, directory: str) -> dict[str
         "pending_rows": run.pending_rows() if run else 0,
         "wandb_run_id": run.wandb_run_id if run else None,
         "dir": directory,
-        "last_error": run.last_error if run else None,
+        "last_error": (run.config_error or run.last_error) if run else None,
     }
 
 

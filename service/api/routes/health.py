@@ -1,0 +1,26 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
+    """Ready once recovery finished and the store takes writes."""
+    state = request.app.state
+    if not getattr(state, "ready", False):
+        reason = getattr(state, "not_ready_reason", "starting")
+        return JSONResponse({"status": "not_ready", "detail": reason}, status_code=503)
+    return {"status": "ready"}

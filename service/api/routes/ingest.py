@@ -1,0 +1,78 @@
+"""Sessions and event deliveries (the hot path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from client._wire import JSON_TYPE, MSGPACK_TYPE, BatchEvent, Event, decode_events, unpack_body
+from service.api.deps import RegistryDep, SettingsDep
+from service.api.errors import BodyTooLarge
+from service.api.schemas import ERRORS, Ack, Delivery, SessionCreate, SessionOut
+from service.core.errors import InvalidInput
+from service.settings import Settings
+
+router = APIRouter(prefix="/v1/runs/{run_id}", tags=["ingest"], responses=ERRORS)
+
+_BODY_DOC = {"requestBody": {"required": True, "content": {
+    JSON_TYPE: {"schema": Delivery.model_json_schema()},
+    MSGPACK_TYPE: {"schema": {"type": "string", "format": "binary"}},
+}}}
+
+
+@router.post("/sessions", response_model=SessionOut)
+async def open_session(run_id: str, body: SessionCreate, registry: RegistryDep) -> dict[str, Any]:
+    """Open a session for a rank; older sessions of that rank are fenced."""
+    return await to_thread.run_sync(registry.open_session, run_id, body.rank)
+
+
+@router.post("/events", response_model=Ack, openapi_extra=_BODY_DOC)
+async def post_events(run_id: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> dict[str, int]:
+    """Deliver events exactly once; the reply acknowledges them as durable."""
+    registry.get(run_id)
+    raw = await read_body(request, settings.max_body_bytes)
+    delivery, events = await to_thread.run_sync(_decode, raw, request.headers.get("content-type", JSON_TYPE), settings)
+    return await to_thread.run_sync(registry.ingest, run_id, delivery.session, delivery.seq, events)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body: {declared} bytes exceed the limit of {limit} (max_body_bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body: more than {limit} bytes (max_body_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes, content_type: str, settings: Settings) -> tuple[Delivery, list[Event]]:
+    if not content_type.startswith((JSON_TYPE, MSGPACK_TYPE)):
+        raise InvalidInput(f"content-type: expected {JSON_TYPE} or {MSGPACK_TYPE}, got {content_type!r}")
+    obj = unpack_body(raw, content_type)
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"body: expected an object, got {type(obj).__name__}")
+    events_raw = obj.get("events")
+    if isinstance(events_raw, list) and len(events_raw) > settings.max_events_per_request:
+        raise BodyTooLarge(
+            f"events: {len(events_raw)} events exceed the limit of {settings.max_events_per_request} (max_events_per_request)")
+    try:
+        delivery = Delivery.model_validate({**obj, "events": []})
+    except ValidationError as exc:
+        raise InvalidInput(_describe(exc)) from exc
+    events = decode_events(events_raw)
+    for i, event in enumerate(events):
+        if isinstance(event, BatchEvent) and event.batch_size > settings.max_samples_per_record:
+            raise BodyTooLarge(f"events[{i}]: {event.batch_size} samples exceed the limit of "
+                               f"{settings.max_samples_per_record} (max_samples_per_record)")
+    return delivery, events
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])

@@ -1,0 +1,37 @@
+"""Reading metrics: latest values, history, summary."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from service.api.deps import RegistryDep
+from service.api.schemas import ERRORS
+
+router = APIRouter(prefix="/v1/runs/{run_id}", tags=["metrics"], responses=ERRORS)
+
+
+@router.get("/metrics")
+async def latest_metrics(run_id: str, registry: RegistryDep) -> dict[str, Any]:
+    """Latest value of every key: ``{"run_id", "step", "metrics": {key: {"value", "step"}}}``."""
+    return registry.metrics(run_id)
+
+
+@router.get("/history")
+async def history(
+    run_id: str,
+    registry: RegistryDep,
+    keys: Annotated[str | None, Query(max_length=65_536, description="comma-separated keys; all when absent")] = None,
+    since_step: Annotated[int | None, Query(ge=0)] = None,
+    max_points: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+) -> dict[str, Any]:
+    """Series of the requested keys: ``{"series": {key: {"steps", "values"}}}``."""
+    wanted = [k for k in keys.split(",") if k] if keys is not None else None
+    return registry.history(run_id, wanted, since_step, max_points)
+
+
+@router.get("/summary")
+async def summary(run_id: str, registry: RegistryDep) -> dict[str, Any]:
+    """Best values so far; the final ones once the run is finished."""
+    return registry.summary(run_id)

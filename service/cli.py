@@ -1,0 +1,108 @@
+"""``linnaeus-metrics``: the command line (``serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+ENV_PREFIX = "LINNAEUS_METRICS_"
+
+
+class CliError(Exception):
+    """A one-line reason to exit non-zero."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"linnaeus-metrics: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="linnaeus-metrics", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the service (one uvicorn worker)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--data-dir", help="durable state directory (default ./metrics-data)")
+    serve.add_argument("--config", help="YAML settings file (keys as in Settings)")
+    serve.add_argument("--auth-token", action="append", dest="auth_tokens", help="bearer token (repeatable)")
+    serve.add_argument("--log-level", help="critical|error|warning|info|debug")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Flags over environment over the settings file over defaults."""
+    values = {k: v for k, v in _file_values(args.config).items() if f"{ENV_PREFIX}{k.upper()}" not in os.environ}
+    flags = {k: getattr(args, k) for k in ("host", "port", "data_dir", "auth_tokens", "log_level")}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CliError(f"invalid setting {where}: {first['msg']}") from exc
+
+
+def _file_values(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"cannot read --config {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise CliError(f"--config {path}: expected a mapping of settings")
+    return {str(k).lower().replace("-", "_"): v for k, v in loaded.items()}
+
+
+def check_data_dir(path: Path) -> None:
+    """Create the data dir and prove it is writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise CliError(f"data dir {path} is not usable: {exc.strerror or exc}") from exc
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    check_data_dir(settings.data_dir)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from service.api import create_app
+
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, workers=1,
+                            log_level=settings.log_level, timeout_graceful_shutdown=int(settings.shutdown_timeout_s))
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits on a bind failure after logging it
+        raise CliError(f"could not serve on {settings.host}:{settings.port} (port busy or not allowed)") from exc
+    if not server.started:
+        raise CliError(f"could not serve on {settings.host}:{settings.port} (port busy or not allowed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
