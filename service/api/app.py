@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -11,9 +12,11 @@ from fastapi import FastAPI
 
 from service.api.auth import BearerAuth
 from service.api.errors import install_error_handlers
-from service.api.routes import health, ingest, metrics, runs
+from service.api.routes import health, ingest, metrics, runs, snapshots
 from service.core.emission import Sink
+from service.core.errors import StoreUnavailable
 from service.core.registry import RunRegistry
+from service.storage.sqlite import SqliteStore
 from service.settings import Settings
 
 log = logging.getLogger("linnaeus_metrics")
@@ -33,6 +36,39 @@ def default_sinks(settings: Settings) -> list[Sink]:
     return sinks
 
 
+def _open_store(settings: Settings, app: FastAPI) -> SqliteStore | None:
+    app.state.not_ready_reason = None
+    if not settings.durable:
+        app.state.ready = True
+        return None
+    try:
+        return SqliteStore(settings.data_dir / "metrics.sqlite3", settings.sqlite_synchronous)
+    except StoreUnavailable as exc:
+        log.error("not ready: %s", exc)
+        app.state.not_ready_reason = str(exc)
+        return None
+
+
+def _recover(registry: RunRegistry, store: SqliteStore, app: FastAPI) -> None:
+    started = time.monotonic()
+    try:
+        count = registry.recover(store.load())
+    except Exception as exc:  # a damaged journal must leave the service up but not ready
+        log.exception("recovery failed; the service stays not ready")
+        app.state.not_ready_reason = f"recovery failed: {type(exc).__name__}: {exc}"
+        return
+    app.state.recovery_s = time.monotonic() - started
+    log.info("recovered %d run(s) in %.3f s", count, app.state.recovery_s)
+    app.state.ready = True
+
+
+def _final_images(registry: RunRegistry) -> None:
+    for run_id in registry.run_ids():
+        run = registry.get(run_id)
+        with run.lock:
+            registry.write_image(run)
+
+
 def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = None) -> FastAPI:
     """Build the service app.
 
@@ -45,23 +81,31 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chosen = list(sinks) if sinks is not None else default_sinks(settings)
-        app.state.registry = RunRegistry(chosen, max_runs=settings.max_runs,
-                                         history_max_points=settings.history_max_points)
-        app.state.ready = True
+        store = _open_store(settings, app)
+        registry = app.state.registry = RunRegistry(
+            chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
+            image_every_events=settings.snapshot_every_events)
+        if store is not None:
+            await to_thread.run_sync(_recover, registry, store, app)
         try:
             yield
         finally:
             app.state.ready = False
-            # ingest has stopped (uvicorn drained requests); then sinks finish within the deadline
+            # uvicorn stopped accepting and drained requests; sinks finish within the deadline,
+            # then the final images make the next start quick
             for sink in chosen:
                 await to_thread.run_sync(sink.close, settings.shutdown_timeout_s)
+            if store is not None and app.state.not_ready_reason is None:
+                await to_thread.run_sync(_final_images, registry)
+                store.close()
 
     app = FastAPI(title="linnaeus-metrics", version="0.1.0", lifespan=lifespan,
                   summary="Exact global metrics for multi-task training across ranks")
     app.state.settings = settings
     app.state.ready = False
+    app.state.not_ready_reason = "starting"
     install_error_handlers(app)
-    for module in (health, runs, ingest, metrics):
+    for module in (health, runs, ingest, metrics, snapshots):
         app.include_router(module.router)
     if settings.auth_tokens:
         app.add_middleware(BearerAuth, tokens=settings.auth_tokens)

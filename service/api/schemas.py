@@ -54,8 +54,12 @@ class Delivery(Strict):
 
 
 class Ack(BaseModel):
+    """Every event with seq < ``acked_seq`` is durable; ``ignored`` events came from a
+    session that has not loaded the run's current snapshot (DESIGN §3b)."""
+
     acked_seq: int
     applied: int
+    ignored: int
 
 
 class RestoreBody(Strict):

@@ -1,65 +1,70 @@
-"""RunRegistry: every run of the service, one lock per run.
+"""RunRegistry: every run of the service, one lock per run, the journal and the sinks.
 
-Each mutation follows the same order: check (no change) → journal (durable) → apply →
-hand emissions to sinks. The journal is optional (``None`` keeps state in memory only);
-sinks' ``emit`` only queues, so calling it under the run lock keeps emissions in order
-without doing I/O there. Reads copy under the lock and format outside it.
+Each mutation: check (no change) → journal (durable) → apply → hand emissions to sinks.
+Writing the journal under the run lock is deliberate: the journal's order must be the
+order of application, or a replay would compute another state. Sinks' ``emit`` only
+queues, so calling it under the lock keeps emissions in order without blocking on I/O.
+Reads copy under the lock and format outside it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from client._wire import BatchEvent, Event
+from client._wire import Event, decode_event, encode_event
 from service.core.emission import Sink
-from service.core.errors import InvalidInput, LimitExceeded, RunConflict, UnknownRun
+from service.core.errors import LimitExceeded, RunConflict, UnknownRun
 from service.core.run import RunState
-from service.core.sessions import SessionTable
+from service.core.runs import Run
 from service.core.spec import RunSpec, check_run_id, parse_spec
 
-
-class Journal(Protocol):
-    """Where accepted commands become durable before they are applied."""
-
-    def append(self, run_id: str, command: str, payload: Mapping[str, Any]) -> None:
-        """Make one command durable (raises on failure; then nothing is applied)."""
+log = logging.getLogger("linnaeus_metrics.registry")
 
 
-@dataclass
-class Run:
-    """A run and its lock."""
+class Store(Protocol):
+    """The durable store as the registry uses it (service/storage implements it)."""
 
-    spec: RunSpec
-    state: RunState
-    sessions: SessionTable = field(default_factory=SessionTable)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    counters: dict[str, int] = field(default_factory=lambda: {"events": 0, "deliveries": 0, "duplicates": 0, "samples": 0})
+    def append(self, run_id: str, command: str, payload: Mapping[str, Any]) -> int:
+        """Make one command durable; returns its id."""
+
+    def write_image(self, run_id: str, command_id: int, image: Mapping[str, Any]) -> None:
+        """Replace the run's journal up to ``command_id`` by ``image``."""
+
+    def put_blob(self, run_id: str, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        """Store a document."""
+
+    def get_blob(self, run_id: str, kind: str, key: str) -> dict[str, Any] | None:
+        """A stored document."""
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove everything of a run."""
 
 
 class RunRegistry:
     """All runs of one service process."""
 
-    def __init__(self, sinks: Sequence[Sink] = (), journal: Journal | None = None, max_runs: int = 1000,
-                 history_max_points: int = 10_000, new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+    def __init__(self, sinks: Sequence[Sink] = (), store: Store | None = None, max_runs: int = 1000,
+                 history_max_points: int = 10_000, image_every_events: int = 5_000,
+                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
         self.sinks = list(sinks)
-        self.journal = journal
+        self.store = store
         self.max_runs = max_runs
         self.history_max_points = history_max_points
+        self.image_every_events = image_every_events
         self._new_id = new_id
         self._runs: dict[str, Run] = {}
+        self._last_command: dict[str, int] = {}
+        self._stored: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ runs
 
     def create_run(self, raw: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create a run, or return the existing one with the same spec.
-
-        Returns:
-            The run's info and whether it was created now.
 
         Raises:
             InvalidInput: the spec is invalid.
@@ -76,36 +81,47 @@ class RunRegistry:
             if len(self._runs) >= self.max_runs:
                 raise LimitExceeded(f"runs: the service already holds {self.max_runs} runs (max_runs)")
             self._journal(spec.run_id, "create", {"spec": spec.to_dict()})
-            self._runs[spec.run_id] = self._new_run(spec)
-        for sink in self.sinks:
-            sink.open_run(spec.run_id, spec.to_dict())
+            self._add(spec)
         return self.info(spec.run_id), True
 
-    def _new_run(self, spec: RunSpec) -> Run:
+    def _add(self, spec: RunSpec) -> Run:
         state = RunState(spec)
         state.book.max_points = self.history_max_points
-        return Run(spec, state)
+        run = self._runs[spec.run_id] = Run(spec, state)
+        for sink in self.sinks:
+            sink.open_run(spec.run_id, spec.to_dict())
+        return run
 
     def get(self, run_id: str) -> Run:
-        """The run ``run_id``; raises UnknownRun."""
+        """The run ``run_id``; raises UnknownRun (InvalidInput for a malformed id)."""
         check_run_id(run_id)
         run = self._runs.get(run_id)
         if run is None:
             raise UnknownRun(f"run: no run {run_id!r}")
         return run
 
+    def run_ids(self) -> list[str]:
+        """Ids of every run, sorted."""
+        with self._lock:
+            return sorted(self._runs)
+
     def list_runs(self) -> list[dict[str, Any]]:
         """Short info of every run."""
-        with self._lock:
-            ids = sorted(self._runs)
-        return [self._short_info(self.get(r)) for r in ids if r in self._runs]
+        out = []
+        for run_id in self.run_ids():
+            run = self._runs.get(run_id)
+            if run is not None:
+                with run.lock:
+                    out.append(_short_info(run))
+        return out
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run and its data."""
         with self._lock:
             run = self.get(run_id)
             with run.lock:
-                self._journal(run_id, "delete", {})
+                if self.store is not None:
+                    self.store.delete_run(run_id)
                 del self._runs[run_id]
         for sink in self.sinks:
             sink.delete_run(run_id)
@@ -114,78 +130,158 @@ class RunRegistry:
         """A run's spec, status, per-rank watermarks, counters and sink status."""
         run = self.get(run_id)
         with run.lock:
-            info = self._short_info(run)
+            info = _short_info(run)
             info.update(run.spec.to_dict())
             info["schedule"] = dict(run.state.schedule.intervals)
-            info["ranks"] = self._rank_info(run)
+            info["ranks"] = _rank_info(run)
             info["counters"] = dict(run.counters)
+            info["generation"] = run.generation
+            info["checkpoints"] = list(run.checkpoints)
         info["sinks"] = {s.name: s.status(run_id) for s in self.sinks}
         return info
 
-    def _short_info(self, run: Run) -> dict[str, Any]:
-        return {"run_id": run.spec.run_id, "status": "finished" if run.state.finished else "active",
-                "watermark": run.state.watermark, "world_size": run.spec.world_size}
-
-    def _rank_info(self, run: Run) -> list[dict[str, Any]]:
-        live = run.sessions.live()
-        return [{"rank": i, "completed": r.completed, "last_step": r.last_step,
-                 "session": live[i].id if i in live else None, "next_seq": live[i].next_seq if i in live else 0}
-                for i, r in enumerate(run.state.ranks)]
-
-    # ------------------------------------------------------------ sessions and events
+    # ------------------------------------------------------------ commands
 
     def open_session(self, run_id: str, rank: int) -> dict[str, Any]:
         """Open a session for ``rank``, fencing older ones; returns ``{session, rank, next_seq}``."""
         run = self.get(run_id)
-        _check_rank(run, rank)
         session_id = self._new_id()
         with run.lock:
-            self._journal(run_id, "session", {"rank": rank, "session": session_id})
-            run.sessions.open(rank, session_id)
+            run.open_session(rank, session_id, self._commit(run, "session", {"rank": rank, "session": session_id}))
+            self._after(run)
         return {"session": session_id, "rank": rank, "next_seq": 0}
 
     def ingest(self, run_id: str, session_id: str, seq: int, events: Sequence[Event]) -> dict[str, int]:
-        """Apply a delivery exactly once; returns ``{"acked_seq": n, "applied": k}``."""
+        """Apply a delivery exactly once; returns ``{"acked_seq", "applied", "ignored"}``."""
         run = self.get(run_id)
         with run.lock:
-            session = run.sessions.get(session_id)
-            offset = run.sessions.fresh_offset(session, seq, len(events))
-            fresh = events[offset:]
-            if fresh:
-                run.state.check(session.rank, fresh)
-                self._journal(run_id, "events", {"session": session_id, "seq": seq + offset, "count": len(fresh)})
-                run.state.apply(session.rank, fresh)
-                session.next_seq += len(fresh)
-                run.counters["events"] += len(fresh)
-                run.counters["samples"] += sum(e.batch_size for e in fresh if isinstance(e, BatchEvent))
-                self._emit(run)
-            run.counters["deliveries"] += 1
-            run.counters["duplicates"] += offset
-            return {"acked_seq": session.next_seq, "applied": len(fresh)}
+            commit = self._commit(run, "events", lambda: {
+                "session": session_id, "seq": seq, "events": [encode_event(e, binary=True) for e in events]})
+            reply = run.deliver(session_id, seq, events, commit)
+            self._after(run)
+            return reply
+
+    def restore(self, run_id: str, session_id: str, snapshot: Mapping[str, Any]) -> dict[str, Any]:
+        """Roll the run back to a snapshot's cut (DESIGN §3b)."""
+        run = self.get(run_id)
+        with run.lock:
+            previous = run.generation
+            reply = run.restore(session_id, snapshot, self._commit(run, "restore", {
+                "session": session_id, "snapshot": dict(snapshot)}))
+            if self.store is not None and run.generation != previous and run.base is not None:
+                self.store.put_blob(run_id, "base", str(run.generation), run.base)
+            self._after(run)
+            return reply
 
     def finish(self, run_id: str) -> dict[str, float]:
         """Close windows and epochs, write the final summary; returns it."""
         run = self.get(run_id)
         with run.lock:
-            if not run.state.finished:
-                self._journal(run_id, "finish", {})
-                run.state.finish()
-                self._emit(run)
-            return run.state.book.best_values()
+            summary = run.finish(self._commit(run, "finish", {}))
+            self._after(run)
+            return summary
 
     def finish_sinks(self, run_id: str, summary: Mapping[str, float], timeout_s: float) -> dict[str, str]:
         """Finish the run in every sink (bounded); returns how each ended."""
         return {sink.name: sink.finish_run(run_id, summary, timeout_s) for sink in self.sinks}
 
-    def _emit(self, run: Run) -> None:
+    def _commit(self, run: Run, kind: str, payload: Mapping[str, Any] | Callable[[], Mapping[str, Any]]) -> Callable[[], None]:
+        def commit() -> None:
+            body = payload() if callable(payload) else payload
+            self._journal(run.spec.run_id, kind, body)
+        return commit
+
+    def _journal(self, run_id: str, kind: str, payload: Mapping[str, Any]) -> None:
+        if self.store is not None:
+            self._last_command[run_id] = self.store.append(run_id, kind, payload)
+
+    def _after(self, run: Run) -> None:
+        """Hand emissions to sinks, persist new checkpoints, write an image when due."""
         emissions = run.state.drain()
         if emissions:
             for sink in self.sinks:
                 sink.emit(emissions)
+        if self.store is None:
+            return
+        for checkpoint_id, snapshot in run.checkpoints.items():
+            if (run.spec.run_id, checkpoint_id) not in self._stored:
+                self.store.put_blob(run.spec.run_id, "checkpoint", checkpoint_id, snapshot)
+                self._stored.add((run.spec.run_id, checkpoint_id))
+        if run.events_since_image >= self.image_every_events:
+            self.write_image(run)
 
-    def _journal(self, run_id: str, command: str, payload: Mapping[str, Any]) -> None:
-        if self.journal is not None:
-            self.journal.append(run_id, command, payload)
+    def write_image(self, run: Run) -> None:
+        """Compact: one image replaces the run's journal so far (caller holds the lock)."""
+        if self.store is None or run.spec.run_id not in self._last_command:
+            return
+        self.store.write_image(run.spec.run_id, self._last_command[run.spec.run_id], run.image())
+        run.events_since_image = 0
+
+    # ------------------------------------------------------------ snapshots
+
+    def checkpoint(self, run_id: str, checkpoint_id: str) -> dict[str, Any]:
+        """The checkpoint's snapshot; CheckpointPending names the missing ranks."""
+        run = self.get(run_id)
+        with run.lock:
+            found = run.checkpoints.get(checkpoint_id)
+            if found is None and self.store is not None:
+                found = self.store.get_blob(run_id, "checkpoint", checkpoint_id)
+            if found is None:
+                found = run.checkpoint(checkpoint_id)
+        return found
+
+    def snapshot(self, run_id: str) -> dict[str, Any]:
+        """A snapshot cut at every rank's current position."""
+        run = self.get(run_id)
+        with run.lock:
+            return run.snapshot()
+
+    # ------------------------------------------------------------ recovery
+
+    def recover(self, stored_runs: Any) -> int:
+        """Rebuild runs from the store (image + replay of later commands); returns the count."""
+        count = 0
+        for stored in stored_runs:
+            run = self._recover_image(stored) if stored.image is not None else None
+            for command_id, kind, payload in stored.commands:
+                run = self._replay(run, kind, payload)
+                self._last_command[stored.run_id] = command_id
+            if run is not None:
+                run.state.drain()
+                count += 1
+        return count
+
+    def _recover_image(self, stored: Any) -> Run:
+        image = stored.image
+        spec = parse_spec(image["spec"])
+        base = None if image["generation"] is None else self._blob(spec.run_id, "base", image["generation"])
+        checkpoints = {c: b for c in image["checkpoint_ids"] if (b := self._blob(spec.run_id, "checkpoint", c))}
+        run = self._runs[spec.run_id] = Run.from_image(spec, image, base, checkpoints)
+        run.state.book.max_points = self.history_max_points
+        for sink in self.sinks:
+            sink.open_run(spec.run_id, spec.to_dict())
+        return run
+
+    def _blob(self, run_id: str, kind: str, key: str) -> dict[str, Any] | None:
+        blob = None if self.store is None else self.store.get_blob(run_id, kind, key)
+        if blob is not None and kind == "checkpoint":
+            self._stored.add((run_id, key))
+        return blob
+
+    def _replay(self, run: Run | None, kind: str, payload: Mapping[str, Any]) -> Run | None:
+        if kind == "create":
+            return self._add(parse_spec(payload["spec"]))
+        assert run is not None, f"journal: {kind} before create"
+        if kind == "session":
+            run.open_session(int(payload["rank"]), str(payload["session"]))
+        elif kind == "events":
+            events = [decode_event(e) for e in payload["events"]]
+            run.deliver(str(payload["session"]), int(payload["seq"]), events)
+        elif kind == "restore":
+            run.restore(str(payload["session"]), payload["snapshot"])
+        elif kind == "finish":
+            run.finish()
+        return run
 
     # ------------------------------------------------------------ reads
 
@@ -215,9 +311,16 @@ class RunRegistry:
             return {"run_id": run_id, "finished": run.state.finished, "summary": run.state.book.best_values()}
 
 
-def _check_rank(run: Run, rank: int) -> None:
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < run.spec.world_size:
-        raise InvalidInput(f"rank: expected an integer in [0, {run.spec.world_size}), got {rank!r}")
+def _short_info(run: Run) -> dict[str, Any]:
+    return {"run_id": run.spec.run_id, "status": "finished" if run.state.finished else "active",
+            "watermark": run.state.watermark, "world_size": run.spec.world_size}
+
+
+def _rank_info(run: Run) -> list[dict[str, Any]]:
+    live = run.sessions.live()
+    return [{"rank": i, "completed": r.completed, "last_step": r.last_step,
+             "session": live[i].id if i in live else None, "next_seq": live[i].next_seq if i in live else 0}
+            for i, r in enumerate(run.state.ranks)]
 
 
 def _series(steps: list[int], values: list[float], since_step: int | None, max_points: int | None) -> dict[str, list[Any]]:
@@ -226,7 +329,6 @@ def _series(steps: list[int], values: list[float], since_step: int | None, max_p
         steps, values = [steps[i] for i in keep], [values[i] for i in keep]
     if max_points is not None and len(steps) > max_points:
         stride = -(-len(steps) // max_points)
-        last = len(steps) - 1
-        picks = sorted({*range(last, -1, -stride)})[-max_points:]
+        picks = sorted(range(len(steps) - 1, -1, -stride))[-max_points:]
         steps, values = [steps[i] for i in picks], [values[i] for i in picks]
     return {"steps": steps, "values": values}

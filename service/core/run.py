@@ -10,8 +10,9 @@ groups as they pass. Epochs close when every rank has ended them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from client._wire import (
     TRAIN_PHASE,
@@ -23,7 +24,10 @@ from client._wire import (
     ScalarEvent,
     WireError,
     check_batch_against,
+    decode_event,
+    encode_event,
 )
+from service.core.cuts import Cuts
 from service.core.emission import Emission
 from service.core.errors import InvalidInput, RunFinished, StepAlreadyCompleted
 from service.core.metrics_book import MetricsBook
@@ -80,6 +84,8 @@ class RunState:
         self.schedule: Schedule = spec.schedule()
         self.layout = Layout(spec.tasks, spec.subsets)
         self.ranks = [RankState() for _ in range(spec.world_size)]
+        self.accepted = [RankState() for _ in range(spec.world_size)]
+        self.cuts = Cuts()
         self.watermark = -1
         self.pending: dict[int, StepBucket] = {}
         self.windows = {g: Window(Accumulator(self.layout)) for g in WINDOW_GROUPS}
@@ -96,7 +102,7 @@ class RunState:
         """Raise if any event is invalid for this run and rank; changes nothing."""
         if self.finished:
             raise RunFinished(f"run {self.spec.run_id!r} is finished and takes no more events")
-        state = self.ranks[rank].copy()
+        state = self.accepted[rank].copy()
         for i, event in enumerate(events):
             self._check_one(state, event, f"events[{i}]")
             _advance_rank(state, event)
@@ -133,10 +139,27 @@ class RunState:
     # ------------------------------------------------------------ apply
 
     def apply(self, rank: int, events: Iterable[Event]) -> None:
-        """Apply checked events of ``rank`` in order; emissions go to ``outbox``."""
+        """Apply checked events of ``rank`` in order; emissions go to ``outbox``.
+
+        After its checkpoint marker a rank's events are held (DESIGN §3b) until every
+        rank's marker is in; the snapshot is then taken and the held events applied in
+        the order they arrived.
+        """
         for event in events:
-            self._apply_one(rank, event)
+            _advance_rank(self.accepted[rank], event)
+            self._route(rank, event)
         self._advance()
+
+    def _route(self, rank: int, event: Event) -> None:
+        if self.cuts.holds(rank):
+            self.cuts.hold(rank, event)
+            return
+        self._apply_one(rank, event)
+        if isinstance(event, CheckpointEvent) and self.cuts.mark(rank, event.id, len(self.ranks)):
+            self._advance()
+            self.cuts.taken.append((event.id, self.to_dict()))
+            for held_rank, held in self.cuts.release(event.id):
+                self._route(held_rank, held)
 
     def _apply_one(self, rank: int, event: Event) -> None:
         state = self.ranks[rank]
@@ -322,6 +345,86 @@ class RunState:
         """Take the emissions produced since the last drain."""
         out, self.outbox = self.outbox, []
         return out
+
+    # ------------------------------------------------------------ serialisation
+
+    def cut(self) -> dict[str, Any]:
+        """Every rank's applied position."""
+        return {"watermark": self.watermark,
+                "ranks": [{"rank": i, "completed": r.completed, "last_step": r.last_step}
+                          for i, r in enumerate(self.ranks)]}
+
+    def to_dict(self, internal: bool = False) -> dict[str, Any]:
+        """The state at the applied cut (JSON-safe). ``internal`` adds markers and held
+        events (binary-encoded, msgpack only) for the service's own recovery images."""
+        out: dict[str, Any] = {
+            "layout": self.layout.to_dict(),
+            "ranks": [_rank_to_dict(r) for r in self.ranks],
+            "watermark": self.watermark,
+            "pending": [[step, None if b.acc is None else b.acc.to_dict(),
+                         {k: t.to_dict() for k, t in b.scalars.items()}] for step, b in sorted(self.pending.items())],
+            "windows": {g: {"acc": w.acc.to_dict(), "last_fire": w.last_fire,
+                            "prev_t_max": w.prev_t_max if math.isfinite(w.prev_t_max) else None}
+                        for g, w in self.windows.items()},
+            "epochs": [[phase, epoch, acc.to_dict()] for (phase, epoch), acc in sorted(self.epochs.items())],
+            "current": {k: t.to_dict() for k, t in self.current.items()},
+            "higher_is_better": dict(self.higher_is_better),
+            "book": self.book.to_dict(),
+            "finished": self.finished,
+        }
+        if internal:
+            out["internal"] = {
+                "accepted": [_rank_to_dict(r) for r in self.accepted],
+                "markers": {c: sorted(r) for c, r in self.cuts.markers.items()},
+                "waiting": [[r, c] for r, c in self.cuts.waiting.items()],
+                "held": [[r, encode_event(e, binary=True)] for r, e in self.cuts.held],
+            }
+        return out
+
+    @classmethod
+    def from_dict(cls, spec: RunSpec, data: Mapping[str, Any]) -> RunState:
+        """Inverse of ``to_dict`` (a state without ``internal`` resumes at its cut)."""
+        state = cls(spec)
+        state.layout = Layout(spec.tasks, data["layout"])
+        layout = state.layout
+        state.ranks = [_rank_from_dict(r) for r in data["ranks"]]
+        state.watermark = int(data["watermark"])
+        state.pending = {int(step): StepBucket(None if acc is None else Accumulator.from_dict(layout, acc),
+                                               {k: ScalarTable(_ranks_in(t)) for k, t in scalars.items()})
+                         for step, acc, scalars in data["pending"]}
+        state.windows = {g: Window(Accumulator.from_dict(layout, w["acc"]), int(w["last_fire"]),
+                                   -math.inf if w["prev_t_max"] is None else float(w["prev_t_max"]))
+                         for g, w in data["windows"].items()}
+        state.epochs = {(p, int(e)): Accumulator.from_dict(layout, acc) for p, e, acc in data["epochs"]}
+        state.current = {k: ScalarTable(_ranks_in(t)) for k, t in data["current"].items()}
+        state.higher_is_better = {k: bool(v) for k, v in data["higher_is_better"].items()}
+        state.book = MetricsBook.from_dict(data["book"])
+        state.finished = bool(data["finished"])
+        state._load_internal(data.get("internal"))
+        return state
+
+    def _load_internal(self, internal: Mapping[str, Any] | None) -> None:
+        if internal is None:
+            self.accepted = [r.copy() for r in self.ranks]
+            return
+        self.accepted = [_rank_from_dict(r) for r in internal["accepted"]]
+        self.cuts.markers = {c: set(r) for c, r in internal["markers"].items()}
+        self.cuts.waiting = {int(r): c for r, c in internal["waiting"]}
+        self.cuts.held = [(int(r), decode_event(e)) for r, e in internal["held"]]
+
+
+def _rank_to_dict(rank: RankState) -> dict[str, Any]:
+    return {"completed": rank.completed, "last_step": rank.last_step,
+            "ended": {p: sorted(e) for p, e in rank.ended.items()}}
+
+
+def _rank_from_dict(data: Mapping[str, Any]) -> RankState:
+    return RankState(int(data["completed"]), int(data["last_step"]),
+                     {p: {int(e) for e in v} for p, v in data["ended"].items()})
+
+
+def _ranks_in(table: Mapping[str, Any]) -> dict[int, dict[str, float]]:
+    return {int(r): {k: float(v) for k, v in values.items()} for r, values in table.items()}
 
 
 def _check_step(state: RankState, step: int, where: str) -> None:

@@ -30,6 +30,7 @@ class Session:
     next_seq: int = 0
     fenced: bool = False
     restore_id: str | None = None
+    applied: int = 0
 
 
 class SessionTable:

@@ -22,9 +22,7 @@ from service.core.emission import Emission
 
 LOGGER_NAME = "linnaeus_metrics.console"
 _HEADLINE = ("loss", "chain_accuracy", "partial_chain_accuracy")
-_FINAL_HEADLINE = tuple(
-    f"final_{phase}_{name}" for phase in ("train", "val") for name in _HEADLINE
-)
+_FINAL_HEADLINE = tuple(f"final_{phase}_{name}" for phase in ("train", "val") for name in _HEADLINE)
 
 
 class ConsoleSink:

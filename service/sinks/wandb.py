@@ -16,6 +16,7 @@ skipped, counted in ``skipped_rows`` and reported once per run in the log.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import os
@@ -41,8 +42,15 @@ _ROWS_PER_TURN = 256
 #: Wake-up bound while a retry is scheduled (an injected clock may not follow real time).
 _MAX_IDLE_WAIT_S = 1.0
 _DISABLED = WandbOptions(
-    enabled=False, project="", entity=None, name="", group=None, tags=(), notes=None,
-    run_id="", resume=None,
+    enabled=False,
+    project="",
+    entity=None,
+    name="",
+    group=None,
+    tags=(),
+    notes=None,
+    run_id="",
+    resume=None,
 )
 _WANDB_SETTINGS: dict[str, Any] = {
     "console": "off",
@@ -331,6 +339,7 @@ class WandbSink:
             run = self._runs.pop(run_id, None)
             if run is not None and not run.disabled and not run.done:
                 run.deleted = True
+                run.finish_event = run.finish_event or threading.Event()
                 self._retired.append(run)
                 self._cond.notify()
 
@@ -340,8 +349,12 @@ class WandbSink:
             run = self._runs.get(run_id)
             if run is None:
                 return _status("unknown", self.mode, None, str(self.dir))
-            return _status(_state(run), "disabled" if run.disabled else self.mode, run,
-                           run.dir or str(self.dir))
+            return _status(
+                _state(run),
+                "disabled" if run.disabled else self.mode,
+                run,
+                run.dir or str(self.dir),
+            )
 
     def close(self, timeout_s: float) -> None:
         """Finish every open run within ``timeout_s`` and stop the worker."""
@@ -350,7 +363,7 @@ class WandbSink:
             if self._closed:
                 return
             self._closed = True
-            events = []
+            events = [run.finish_event for run in self._retired if run.finish_event]
             for run in self._runs.values():
                 if not run.disabled and not run.done:
                     run.finish_event = run.finish_event or threading.Event()
@@ -428,10 +441,19 @@ class WandbSink:
         opts = run.options
         self.dir.mkdir(parents=True, exist_ok=True)
         wandb_run = init(
-            project=opts.project, entity=opts.entity, name=opts.name, group=opts.group,
-            tags=list(opts.tags) or None, notes=opts.notes, id=opts.run_id,
-            resume=opts.resume, mode=self.mode, dir=str(self.dir), reinit="create_new",
-            config=_run_config(run.spec), settings=dict(_WANDB_SETTINGS),
+            project=opts.project,
+            entity=opts.entity,
+            name=opts.name,
+            group=opts.group,
+            tags=list(opts.tags) or None,
+            notes=opts.notes,
+            id=opts.run_id,
+            resume=opts.resume,
+            mode=self.mode,
+            dir=str(self.dir),
+            reinit="create_new",
+            config=_run_config(run.spec),
+            settings=dict(_WANDB_SETTINGS),
         )
         run.wandb_run = wandb_run
         resumed_at = int(getattr(wandb_run, "starting_step", 0) or 0)
@@ -452,7 +474,7 @@ class WandbSink:
             if item is None:
                 return True
             step, row = item
-            if not self._call(run, "log", lambda: self._log_row(run, step, row)):
+            if not self._call(run, "log", functools.partial(self._log_row, run, step, row)):
                 with self._cond:
                     run.retry_row = item
                 return False
@@ -531,7 +553,9 @@ class WandbSink:
         if first:
             _log.warning(
                 "wandb run %s: %s; retrying with backoff up to %.0f s (logged once per error type)",
-                run.run_id, run.last_error, self._retry_max_s,
+                run.run_id,
+                run.last_error,
+                self._retry_max_s,
             )
 
     def _warn_skips(self, run: _Run) -> None:
@@ -544,7 +568,10 @@ class WandbSink:
                 "wandb run %s: rows for steps <= %d were already sent, so rows from step %d "
                 "(after a restore to an earlier step) are skipped until step %d; wandb cannot "
                 "take rows back (counted in skipped_rows)",
-                run.run_id, sent, first, sent + 1,
+                run.run_id,
+                sent,
+                first,
+                sent + 1,
             )
 
     def _open_run_ids(self) -> list[str]:

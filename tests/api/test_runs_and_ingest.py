@@ -68,9 +68,9 @@ async def test_full_run_over_http_equals_reference(api: httpx.AsyncClient, binar
         assert session["next_seq"] == 0
         events = stream_events(data, rank)
         reply = await _post_events(api, "exp1", session["session"], 0, events, binary)
-        assert reply.json() == {"acked_seq": len(events), "applied": len(events)}
+        assert reply.json() == {"acked_seq": len(events), "applied": len(events), "ignored": 0}
         dup = await _post_events(api, "exp1", session["session"], 0, events, binary)  # lost ack, resent
-        assert dup.json() == {"acked_seq": len(events), "applied": 0}
+        assert dup.json() == {"acked_seq": len(events), "applied": 0, "ignored": 0}
     finish = (await api.post("/v1/runs/exp1/finish")).json()
     assert finish["sinks"] == {"memory": "finished"}
     want = expected_history(data.recs, data.tasks, {"step": 2, "wandb": 4, "lr": 3, "pipeline": 0},

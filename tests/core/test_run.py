@@ -113,10 +113,10 @@ def test_duplicate_delivery_changes_nothing() -> None:
     registry.ingest("r", s0, 0, events[:5])
     before = registry.info("r")["ranks"], registry.history("r", None, None, None)
     again = registry.ingest("r", s0, 0, events[:5])  # the ack was lost; the client resends
-    assert again == {"acked_seq": 5, "applied": 0}
+    assert again == {"acked_seq": 5, "applied": 0, "ignored": 0}
     assert (registry.info("r")["ranks"], registry.history("r", None, None, None)) == before
     overlap = registry.ingest("r", s0, 3, events[3:8])  # partly new
-    assert overlap == {"acked_seq": 8, "applied": 3}
+    assert overlap == {"acked_seq": 8, "applied": 3, "ignored": 0}
     with pytest.raises(SequenceGap) as gap:
         registry.ingest("r", s0, 10, events[10:11])
     assert gap.value.expected_seq == 8

@@ -1,0 +1,166 @@
+"""One run's commands: sessions, deliveries, restores, finish (used live and on replay).
+
+Every command first checks (changing nothing), then calls ``commit`` (where the registry
+makes it durable) and only then mutates. Replaying the journal calls the same methods
+with a no-op ``commit``, so recovery follows exactly the code that produced the state.
+
+Restore rule (DESIGN §3b): the run counts events only from sessions that loaded the
+current generation (the snapshot last restored; ``None`` before any restore). Loading
+the same snapshot again only joins its generation, so ranks may load in any order. When a
+session that had already sent counted events after loading is fenced (its trainer was
+replaced: the resumed attempt died), the run returns to the generation's snapshot and
+every rank must load it again: no window can then mix ranks of two attempts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from client._wire import BatchEvent, Event
+from service.core.errors import CheckpointPending, InvalidInput
+from service.core.run import RunState
+from service.core.sessions import SessionTable
+from service.core.snapshot import make_snapshot, open_snapshot
+from service.core.spec import RunSpec
+
+Commit = Callable[[], None]
+MAX_CHECKPOINTS_IN_MEMORY = 4
+
+
+def _no_commit() -> None:
+    """Replay: the command is already durable."""
+
+
+@dataclass
+class Run:
+    """A run: its state, sessions, restore generation, checkpoints and counters."""
+
+    spec: RunSpec
+    state: RunState
+    sessions: SessionTable = field(default_factory=SessionTable)
+    generation: str | None = None
+    base: dict[str, Any] | None = None
+    checkpoints: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("events", "deliveries", "duplicates", "ignored", "samples", "restores", "resets"), 0))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    events_since_image: int = 0
+
+    # ------------------------------------------------------------ sessions
+
+    def open_session(self, rank: int, session_id: str, commit: Commit = _no_commit) -> None:
+        """Open a session for ``rank``; may return the run to its generation's snapshot."""
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.spec.world_size:
+            raise InvalidInput(f"rank: expected an integer in [0, {self.spec.world_size}), got {rank!r}")
+        replaced = [s for s in self.sessions.live().values() if s.rank == rank]
+        commit()
+        self.sessions.open(rank, session_id)
+        attempt_died = any(s.restore_id == self.generation and s.applied for s in replaced)
+        if self.generation is not None and attempt_died and self.base is not None:
+            self._reset(open_snapshot(self.base, self.spec))
+            self.counters["resets"] += 1
+
+    # ------------------------------------------------------------ deliveries
+
+    def deliver(self, session_id: str, seq: int, events: Sequence[Event], commit: Commit = _no_commit) -> dict[str, int]:
+        """Apply a delivery exactly once; returns ``{acked_seq, applied, ignored}``."""
+        session = self.sessions.get(session_id)
+        offset = self.sessions.fresh_offset(session, seq, len(events))
+        fresh = events[offset:]
+        counted = session.restore_id == self.generation
+        if fresh and counted:
+            self.state.check(session.rank, fresh)
+        if fresh:
+            commit()
+            if counted:
+                self.state.apply(session.rank, fresh)
+                session.applied += len(fresh)
+            session.next_seq += len(fresh)
+            self._count(fresh, counted)
+            self._keep_checkpoints()
+        self.counters["deliveries"] += 1
+        self.counters["duplicates"] += offset
+        return {"acked_seq": session.next_seq, "applied": len(fresh) if counted else 0,
+                "ignored": 0 if counted else len(fresh)}
+
+    def _count(self, fresh: Sequence[Event], counted: bool) -> None:
+        self.events_since_image += len(fresh)
+        if not counted:
+            self.counters["ignored"] += len(fresh)
+            return
+        self.counters["events"] += len(fresh)
+        self.counters["samples"] += sum(e.batch_size for e in fresh if isinstance(e, BatchEvent))
+
+    def _keep_checkpoints(self) -> None:
+        for checkpoint_id, state in self.state.cuts.drain_taken():
+            self.checkpoints[checkpoint_id] = make_snapshot(self.spec, state, checkpoint_id)
+            while len(self.checkpoints) > MAX_CHECKPOINTS_IN_MEMORY:
+                self.checkpoints.popitem(last=False)
+
+    # ------------------------------------------------------------ snapshots
+
+    def checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
+        """The snapshot of checkpoint ``checkpoint_id``, or CheckpointPending naming missing ranks."""
+        found = self.checkpoints.get(checkpoint_id)
+        if found is None:
+            missing = self.state.cuts.missing(checkpoint_id, self.spec.world_size)
+            raise CheckpointPending(f"checkpoint {checkpoint_id!r}: waiting for the markers of ranks {missing}",
+                                    missing)
+        return found
+
+    def snapshot(self) -> dict[str, Any]:
+        """A snapshot cut at every rank's current applied position."""
+        return make_snapshot(self.spec, self.state.to_dict())
+
+    def restore(self, session_id: str, snapshot: Mapping[str, Any], commit: Commit = _no_commit) -> dict[str, Any]:
+        """Roll back to the snapshot's cut, or join its generation if it is the current one."""
+        session = self.sessions.get(session_id)
+        state = open_snapshot(snapshot, self.spec)
+        commit()
+        snapshot_id = str(snapshot["snapshot_id"])
+        if snapshot_id != self.generation:
+            self.generation, self.base = snapshot_id, dict(snapshot)
+            self._reset(state)
+            self.counters["restores"] += 1
+        session.restore_id = snapshot_id
+        return {"restored": True, "snapshot_id": snapshot_id, "cut": snapshot["cut"]}
+
+    def _reset(self, state: RunState) -> None:
+        state.book.max_points = self.state.book.max_points
+        self.state = state
+        for session in self.sessions.sessions.values():
+            session.restore_id = None
+            session.applied = 0
+
+    # ------------------------------------------------------------ finish
+
+    def finish(self, commit: Commit = _no_commit) -> dict[str, float]:
+        """Close windows and epochs and write the final summary (idempotent)."""
+        if not self.state.finished:
+            commit()
+            self.state.finish()
+        return self.state.book.best_values()
+
+    # ------------------------------------------------------------ recovery images
+
+    def image(self) -> dict[str, Any]:
+        """Everything needed to rebuild the run without its journal (msgpack-safe)."""
+        return {
+            "spec": self.spec.to_dict(), "state": self.state.to_dict(internal=True),
+            "sessions": self.sessions.to_dict(), "generation": self.generation,
+            "counters": dict(self.counters), "checkpoint_ids": list(self.checkpoints),
+        }
+
+    @classmethod
+    def from_image(cls, spec: RunSpec, image: Mapping[str, Any], base: dict[str, Any] | None,
+                   checkpoints: Mapping[str, dict[str, Any]]) -> Run:
+        """Inverse of ``image`` (the base and checkpoints come from the store's blobs)."""
+        run = cls(spec, RunState.from_dict(spec, image["state"]), SessionTable.from_dict(image["sessions"]))
+        run.generation, run.base = image["generation"], base
+        run.counters.update(image["counters"])
+        run.checkpoints.update(checkpoints)
+        return run

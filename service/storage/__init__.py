@@ -1,0 +1,1 @@
+"""Durable storage: the embedded SQLite journal, images and snapshot blobs."""

@@ -1,0 +1,154 @@
+"""The embedded durable store: SQLite in WAL mode under the data dir.
+
+Tables: ``commands`` (the journal: every accepted command of every run, msgpack, in
+order), ``images`` (one compact recovery image per run, replacing the journal before
+it) and ``blobs`` (checkpoint snapshots and restore bases). A command is acknowledged
+only after its transaction committed (``synchronous=FULL`` by default), so it survives
+``kill -9`` of the service and, with FULL, a power cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from service.core.errors import StoreUnavailable
+
+log = logging.getLogger("linnaeus_metrics.storage")
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, kind TEXT NOT NULL, payload BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS commands_run ON commands (run_id, id);
+CREATE TABLE IF NOT EXISTS images (run_id TEXT PRIMARY KEY, command_id INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    run_id TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (run_id, kind, key));
+"""
+
+
+@dataclass
+class StoredRun:
+    """What recovery needs of one run: its image (if any) and the commands after it."""
+
+    run_id: str
+    image: dict[str, Any] | None
+    commands: list[tuple[int, str, dict[str, Any]]]
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack with bytes kept as bytes."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    """Inverse of ``pack``."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class SqliteStore:
+    """One connection, one lock: writes are short transactions, serialised."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(SCHEMA)
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"store {path}: cannot open ({exc})") from exc
+
+    def _check_schema(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif row[0] != str(SCHEMA_VERSION):
+            raise StoreUnavailable(f"store {self.path}: schema version {row[0]}, this service reads {SCHEMA_VERSION}")
+
+    def append(self, run_id: str, command: str, payload: Mapping[str, Any]) -> int:
+        """Make one command durable; returns its id."""
+        body = pack(dict(payload))
+        with self._lock:
+            cursor = self._write("INSERT INTO commands (run_id, kind, payload) VALUES (?, ?, ?)", (run_id, command, body))
+            return int(cursor.lastrowid or 0)
+
+    def write_image(self, run_id: str, command_id: int, image: Mapping[str, Any]) -> None:
+        """Replace the run's journal up to ``command_id`` by ``image`` (one transaction)."""
+        body = pack(dict(image))
+        with self._lock:
+            self._transaction([
+                ("INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (run_id, command_id, body)),
+                ("DELETE FROM commands WHERE run_id = ? AND id <= ?", (run_id, command_id)),
+            ])
+
+    def put_blob(self, run_id: str, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        """Store a snapshot-like document."""
+        with self._lock:
+            self._write("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", (run_id, kind, key, pack(dict(value))))
+
+    def get_blob(self, run_id: str, kind: str, key: str) -> dict[str, Any] | None:
+        """A stored document, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT body FROM blobs WHERE run_id=? AND kind=? AND key=?",
+                                   (run_id, kind, key)).fetchone()
+        return None if row is None else dict(unpack(row[0]))
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove everything of a run."""
+        with self._lock:
+            self._transaction([(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+                               for table in ("commands", "images", "blobs")])
+
+    def load(self) -> Iterator[StoredRun]:
+        """Every run, in creation order, for recovery."""
+        with self._lock:
+            ids = [r[0] for r in self._db.execute(
+                "SELECT run_id FROM (SELECT run_id, MIN(id) AS first FROM commands GROUP BY run_id "
+                "UNION ALL SELECT run_id, command_id FROM images) GROUP BY run_id ORDER BY MIN(first)")]
+        for run_id in ids:
+            yield self._load_run(run_id)
+
+    def _load_run(self, run_id: str) -> StoredRun:
+        with self._lock:
+            image_row = self._db.execute("SELECT body FROM images WHERE run_id=?", (run_id,)).fetchone()
+            rows = self._db.execute("SELECT id, kind, payload FROM commands WHERE run_id=? ORDER BY id",
+                                    (run_id,)).fetchall()
+        image = None if image_row is None else dict(unpack(image_row[0]))
+        return StoredRun(run_id, image, [(int(i), str(k), dict(unpack(p))) for i, k, p in rows])
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close."""
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("store %s: WAL checkpoint on close failed: %s", self.path, exc)
+            self._db.close()
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store {self.path}: write failed ({exc})") from exc
+
+    def _transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for sql, params in statements:
+                self._db.execute(sql, params)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreUnavailable(f"store {self.path}: write failed ({exc})") from exc

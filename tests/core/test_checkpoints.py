@@ -1,0 +1,163 @@
+"""Consistent cuts, restore and resume equal an uninterrupted run (DESIGN §3b)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from client._wire import CheckpointEvent, CompleteEvent, EndEpochEvent, Event, ScalarEvent
+from service.core.errors import CheckpointPending, IncompatibleState, SnapshotVersionMismatch
+from service.core.registry import RunRegistry
+from tests.conftest import RunData, make_run, stream_events, to_event
+
+METRICS = {"STEP_INTERVAL": 2, "WANDB_INTERVAL": 3, "LR_INTERVAL": 2, "PIPELINE_INTERVAL": 3}
+K = 10  # checkpoint step: inside epoch 1 (steps 8..14)
+
+
+def _split(data: RunData, rank: int, k: int) -> tuple[list[Event], list[Event]]:
+    """The rank's stream up to and including step k's records, and the rest."""
+    stream = stream_events(data, rank)
+    cut = max(i for i, e in enumerate(stream) if getattr(e, "step", -1) <= k and _is_train(e)) + 1
+    return stream[:cut], stream[cut:]
+
+
+def _is_train(event: Event) -> bool:
+    return isinstance(event, ScalarEvent) or getattr(event, "phase", None) == "train" and hasattr(event, "targets")
+
+
+class Rank:
+    """A trainer process's session with its own seq."""
+
+    def __init__(self, registry: RunRegistry, rank: int) -> None:
+        self.registry, self.rank, self.seq = registry, rank, 0
+        self.session = registry.open_session("r", rank)["session"]
+
+    def send(self, events: list[Event]) -> dict[str, int]:
+        reply = self.registry.ingest("r", self.session, self.seq, events)
+        self.seq += len(events)
+        return reply
+
+
+def _reference(data: RunData) -> dict:
+    registry = RunRegistry()
+    registry.create_run(data.spec("r", METRICS))
+    for rank in range(data.world_size):
+        Rank(registry, rank).send(stream_events(data, rank))
+    registry.finish("r")
+    return _observable(registry)
+
+
+def _observable(registry: RunRegistry) -> dict:
+    return {"history": registry.history("r", None, None, None), "summary": registry.summary("r"),
+            "metrics": registry.metrics("r")}
+
+
+def _checkpointed_run(data: RunData) -> tuple[RunRegistry, dict]:
+    """Run to K, checkpoint on every rank (rank 2 late), go on to the end of training."""
+    registry = RunRegistry()
+    registry.create_run(data.spec("r", METRICS))
+    ranks = [Rank(registry, r) for r in range(data.world_size)]
+    parts = [_split(data, r, K) for r in range(data.world_size)]
+    marker = [CompleteEvent(K), CheckpointEvent(str(K))]
+    for r in (0, 1):
+        ranks[r].send(parts[r][0] + marker + parts[r][1])  # they go on past the checkpoint
+    with pytest.raises(CheckpointPending) as pending:
+        registry.checkpoint("r", str(K))
+    assert pending.value.missing_ranks == [2]
+    ranks[2].send(parts[2][0][:5])
+    ranks[2].send(parts[2][0][5:] + marker)
+    snapshot = registry.checkpoint("r", str(K))
+    assert [r["last_step"] for r in snapshot["cut"]["ranks"]] == [K] * 3
+    return registry, snapshot
+
+
+@pytest.mark.parametrize(("seed", "order"), list(enumerate(itertools.permutations(range(3)), start=1)))
+def test_resume_from_checkpoint_equals_uninterrupted(seed: int, order: tuple[int, ...]) -> None:
+    data = make_run(seed, world_size=3, steps_per_epoch=7, epochs=2)
+    want = _reference(data)
+    registry, snapshot = _checkpointed_run(data)
+    hanging = Rank.__new__(Rank)
+    hanging.registry, hanging.rank, hanging.seq = registry, 1, 0
+    hanging.session = registry.info("r")["ranks"][1]["session"]
+    hanging.seq = registry.info("r")["ranks"][1]["next_seq"]
+    # the trainer crashed; new processes load the checkpoint in a random order and replay from K+1
+    resumed = {}
+    for r in order:
+        resumed[r] = Rank(registry, r) if r != 1 else None
+    rest = {r: _split(data, r, K)[1] for r in range(3)}
+    for i, r in enumerate(order):
+        if r == 1:
+            zombie = to_event(next(x for x in data.recs if x.phase == "val"))
+            zombie.epoch = 7  # would add a val epoch if it were counted
+            hanging.send([zombie, EndEpochEvent("val", 7, 0.0)])  # old process, still live
+            resumed[1] = Rank(registry, 1)
+        registry.restore("r", resumed[r].session, snapshot)
+        resumed[r].send(rest[r][: 3 + i])  # ranks that resumed already go on
+    for r in range(3):
+        resumed[r].send(rest[r][3 + order.index(r):])
+    registry.finish("r")
+    assert _observable(registry) == want
+
+
+def test_resume_twice_from_one_checkpoint() -> None:
+    data = make_run(8, world_size=3, steps_per_epoch=7, epochs=2)
+    want = _reference(data)
+    registry, snapshot = _checkpointed_run(data)
+    rest = {r: _split(data, r, K)[1] for r in range(3)}
+    first = [Rank(registry, r) for r in range(3)]
+    for rank in first:
+        registry.restore("r", rank.session, snapshot)
+        rank.send(rest[rank.rank][:6])  # the first resume gets a bit further, then dies
+    second = []
+    for r in (2, 0, 1):
+        rank = Rank(registry, r)
+        registry.restore("r", rank.session, snapshot)
+        rank.send(rest[r][:2])
+        second.append(rank)
+    for rank in second:
+        rank.send(rest[rank.rank][2:])
+    registry.finish("r")
+    assert _observable(registry) == want
+    assert registry.info("r")["counters"]["resets"] == 1
+
+
+def test_snapshot_round_trip_is_identical() -> None:
+    data = make_run(9, world_size=2, steps_per_epoch=5, epochs=2)
+    registry = RunRegistry()
+    registry.create_run(data.spec("r", METRICS))
+    ranks = [Rank(registry, r) for r in range(2)]
+    for r in range(2):
+        ranks[r].send(_split(data, r, 7)[0])
+    first = registry.snapshot("r")
+    fresh = RunRegistry()  # a service with an empty data dir
+    fresh.create_run(data.spec("r", METRICS))
+    session = fresh.open_session("r", 0)["session"]
+    fresh.restore("r", session, first)
+    again = fresh.snapshot("r")
+    assert again == first
+    assert fresh.history("r", None, None, None) == registry.history("r", None, None, None)
+
+
+def test_bad_snapshots_are_refused_and_change_nothing() -> None:
+    data = make_run(10, world_size=2, steps_per_epoch=4, epochs=1)
+    registry = RunRegistry()
+    registry.create_run(data.spec("r", METRICS))
+    rank = Rank(registry, 0)
+    rank.send(_split(data, 0, 2)[0])
+    good = registry.snapshot("r")
+    before = registry.snapshot("r")
+    other = RunRegistry()
+    other.create_run({**data.spec("r", METRICS), "total_steps": 99})
+    foreign = other.snapshot("r")
+    cases = [
+        ({**good, "version": 99}, SnapshotVersionMismatch, "version"),
+        ({**good, "format": "x"}, SnapshotVersionMismatch, "format"),
+        (foreign, IncompatibleState, "spec"),
+        ({**good, "run_id": "q"}, IncompatibleState, "run_id"),
+        ({**good, "state": {**good["state"], "watermark": 5}}, IncompatibleState, "damaged"),
+    ]
+    for snapshot, error, needle in cases:
+        with pytest.raises(error, match=needle):
+            registry.restore("r", rank.session, snapshot)
+    assert registry.snapshot("r") == before
