@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from service.api.auth import BearerAuth
 from service.api.errors import install_error_handlers
+from service.api.telemetry import RequestMetrics, Telemetry
 from service.api.routes import health, ingest, metrics, runs, snapshots
 from service.core.emission import Sink
 from service.core.errors import StoreUnavailable
@@ -85,8 +86,10 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
         registry = app.state.registry = RunRegistry(
             chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
             image_every_events=settings.snapshot_every_events)
+        app.state.telemetry.watch(registry)
         if store is not None:
             await to_thread.run_sync(_recover, registry, store, app)
+            app.state.telemetry.recovery.set(getattr(app.state, "recovery_s", 0.0))
         try:
             yield
         finally:
@@ -104,9 +107,11 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     app.state.settings = settings
     app.state.ready = False
     app.state.not_ready_reason = "starting"
+    app.state.telemetry = Telemetry()
     install_error_handlers(app)
     for module in (health, runs, ingest, metrics, snapshots):
         app.include_router(module.router)
+    app.add_middleware(RequestMetrics, telemetry=app.state.telemetry)
     if settings.auth_tokens:
         app.add_middleware(BearerAuth, tokens=settings.auth_tokens)
     return app

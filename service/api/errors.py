@@ -60,6 +60,9 @@ def error_response(status: int, type_: str, detail: str, **extra: Any) -> JSONRe
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     extra = {k: getattr(exc, k) for k in ("expected_seq", "missing_ranks") if hasattr(exc, k)}
     status = status_of(exc)
+    if isinstance(exc, core.StoreUnavailable):  # disk full or a damaged file: stop claiming readiness
+        request.app.state.ready = False
+        request.app.state.not_ready_reason = str(exc)
     if status >= 500:
         log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
     return error_response(status, error_type(exc), str(exc), **extra)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -59,6 +60,8 @@ class RunRegistry:
         self._runs: dict[str, Run] = {}
         self._last_command: dict[str, int] = {}
         self._stored: set[tuple[str, str]] = set()
+        self.image_writes = 0
+        self.image_seconds = 0.0
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ runs
@@ -214,8 +217,11 @@ class RunRegistry:
         """Compact: one image replaces the run's journal so far (caller holds the lock)."""
         if self.store is None or run.spec.run_id not in self._last_command:
             return
+        started = time.perf_counter()
         self.store.write_image(run.spec.run_id, self._last_command[run.spec.run_id], run.image())
         run.events_since_image = 0
+        self.image_writes += 1
+        self.image_seconds += time.perf_counter() - started
 
     # ------------------------------------------------------------ snapshots
 
@@ -284,6 +290,28 @@ class RunRegistry:
         return run
 
     # ------------------------------------------------------------ reads
+
+    def telemetry_figures(self) -> dict[str, Any]:
+        """Totals for the service's own metrics (read at scrape time)."""
+        runs: dict[str, int] = {"active": 0, "finished": 0}
+        counters: dict[str, int] = {}
+        held = 0
+        sinks: dict[tuple[str, str], float] = {}
+        for run_id in self.run_ids():
+            run = self._runs.get(run_id)
+            if run is None:
+                continue
+            with run.lock:
+                runs["finished" if run.state.finished else "active"] += 1
+                for key, value in run.counters.items():
+                    counters[key] = counters.get(key, 0) + value
+                held += len(run.state.cuts.held)
+            for sink in self.sinks:
+                for figure, value in sink.status(run_id).items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        sinks[(sink.name, figure)] = sinks.get((sink.name, figure), 0) + value
+        return {"runs": runs, "counters": counters, "held": held, "sinks": sinks,
+                "images": {"writes": self.image_writes, "seconds": self.image_seconds}}
 
     def metrics(self, run_id: str) -> dict[str, Any]:
         """Latest value of every key."""

@@ -153,3 +153,24 @@ async def test_delete_and_health(api: httpx.AsyncClient) -> None:
     assert (await api.get("/v1/runs/r")).status_code == 404
     assert (await api.get("/docs")).status_code == 200
     assert "/v1/runs/{run_id}/events" in (await api.get("/openapi.json")).json()["paths"]
+
+
+async def test_prometheus_metrics_are_scrapeable(api: httpx.AsyncClient) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    data = make_run(7, world_size=1, steps_per_epoch=3, epochs=1)
+    await api.post("/v1/runs", json=data.spec("r", METRICS))
+    session = (await api.post("/v1/runs/r/sessions", json={"rank": 0})).json()["session"]
+    events = stream_events(data, 0)
+    await _post_events(api, "r", session, 0, events, True)
+    await api.get("/v1/runs/nope")
+    text = (await api.get("/metrics")).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    route = "/v1/runs/{run_id}/events"
+    assert samples[("linnaeus_http_requests_total", (("method", "POST"), ("route", route), ("status", "200")))] == 1
+    assert samples[("linnaeus_http_requests_total", (("method", "GET"), ("route", "/v1/runs/{run_id}"), ("status", "404")))] == 1
+    assert samples[("linnaeus_ingest_total", (("kind", "events"),))] == len(events)
+    assert samples[("linnaeus_ingest_total", (("kind", "samples"),))] == sum(r.size for r in data.recs)
+    assert samples[("linnaeus_runs", (("status", "active"),))] == 1
+    assert ("linnaeus_http_request_duration_seconds_count", (("method", "POST"), ("route", route))) in samples

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 router = APIRouter(tags=["health"])
 
@@ -24,3 +25,9 @@ async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
         reason = getattr(state, "not_ready_reason", "starting")
         return JSONResponse({"status": "not_ready", "detail": reason}, status_code=503)
     return {"status": "ready"}
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus(request: Request) -> Response:
+    """Prometheus exposition of the service itself."""
+    return Response(generate_latest(request.app.state.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
