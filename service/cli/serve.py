@@ -1,41 +1,24 @@
-"""``linnaeus-metrics``: the command line (``serve``)."""
+"""``linnaeus-metrics serve``: run the service (one uvicorn worker)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from service.cli.errors import CliError
 from service.settings import Settings
 
 ENV_PREFIX = "LINNAEUS_METRICS_"
 
 
-class CliError(Exception):
-    """A one-line reason to exit non-zero."""
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except CliError as exc:
-        print(f"linnaeus-metrics: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="linnaeus-metrics", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_commands(commands: Any) -> None:
+    """Register ``serve``."""
     serve = commands.add_parser("serve", help="run the service (one uvicorn worker)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
@@ -44,7 +27,6 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-token", action="append", dest="auth_tokens", help="bearer token (repeatable)")
     serve.add_argument("--log-level", help="critical|error|warning|info|debug")
     serve.set_defaults(func=_serve)
-    return parser
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -103,6 +85,3 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError(f"could not serve on {settings.host}:{settings.port} (port busy or not allowed)")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

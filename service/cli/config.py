@@ -1,0 +1,64 @@
+"""``linnaeus-metrics validate-config FILE``: the resolved schedule and wandb options, or the errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from service.cli.errors import CliError
+from service.core.errors import ConfigError
+from service.core.experiment import resolve_wandb_options
+from service.core.schedule import GROUPS, metrics_section, resolve_schedule
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``validate-config``."""
+    cmd = commands.add_parser("validate-config", help="check a training config's METRICS and EXPERIMENT sections")
+    cmd.add_argument("file", help="linnaeus training config (YAML or JSON)")
+    cmd.add_argument("--total-steps", type=int, default=None,
+                     help="total optimizer steps (needed to resolve *_FRACTION keys)")
+    cmd.add_argument("--run-id", default="run", help="run id used for the default wandb name/id")
+    cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    cmd.set_defaults(func=_validate)
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """Read a YAML (or JSON) training config."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise CliError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def _validate(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    try:
+        schedule = resolve_schedule(config, args.total_steps or 1)
+        wandb = resolve_wandb_options(config, args.run_id)
+    except ConfigError as exc:
+        raise CliError(f"{args.file}: {exc}") from exc
+    if args.total_steps is None and any(k.endswith("_FRACTION") and v for k, v in metrics_section(config).items()):
+        raise CliError("the METRICS section uses *_FRACTION keys: pass --total-steps N to resolve them")
+    report = {"schedule": {g: schedule.intervals[g] for g in GROUPS},
+              "wandb": {"enabled": wandb.enabled, "project": wandb.project, "entity": wandb.entity,
+                        "name": wandb.name, "run_id": wandb.run_id, "resume": wandb.resume, "tags": list(wandb.tags)},
+              "warnings": list(wandb.warnings)}
+    print(json.dumps(report, indent=2) if args.json else _table(report))
+    return 0
+
+
+def _table(report: dict[str, Any]) -> str:
+    lines = ["group      interval (steps)"]
+    for group, interval in report["schedule"].items():
+        lines.append(f"{group:<10} {interval if interval else 'disabled'}")
+    lines.append("")
+    lines.extend(f"wandb.{k:<8} {v}" for k, v in report["wandb"].items())
+    lines.extend(f"warning: {w}" for w in report["warnings"])
+    return "\n".join(lines)

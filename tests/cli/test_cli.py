@@ -1,0 +1,99 @@
+"""The command line: validate-config, serve's failure modes, queries against a live server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client._wire import encode_event
+from service.cli import main
+from tests.conftest import make_run, stream_events
+from tests.e2e.conftest import LiveServer, live_server  # noqa: F401  (fixture)
+
+CONFIG = """
+SCHEDULE:
+  METRICS:
+    STEP_INTERVAL: 50
+    WANDB_FRACTION: 0.01
+EXPERIMENT:
+  PROJECT: taxa
+  WANDB:
+    KEY: not-a-real-key
+"""
+
+
+def test_validate_config_prints_resolved_schedule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text(CONFIG)
+    assert main(["validate-config", str(path), "--total-steps", "20000", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["schedule"] == {"step": 50, "console": 0, "wandb": 200, "lr": 0, "pipeline": 0}
+    assert report["wandb"]["project"] == "taxa"
+    assert "not-a-real-key" not in json.dumps(report) and "KEY" in report["warnings"][0]
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("METRICS: {STEP_INTERVAL: 5, STEP_FRACTION: 0.1}", "STEP_FRACTION"),
+    ("METRICS: {STEP_INTERVALL: 5}", "STEP_INTERVALL"),
+    ("METRICS: {WANDB_FRACTION: 0.1}", "--total-steps"),
+    ("- not a mapping", "mapping"),
+])
+def test_validate_config_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needle: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["validate-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cli", "serve", *args], capture_output=True, text=True,
+                          timeout=60, env={"LINNAEUS_METRICS_WANDB_ENABLED": "false", "PATH": "/usr/bin:/bin"})
+
+
+def test_serve_fails_with_one_line_on_busy_port(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = _serve("--port", str(busy.getsockname()[1]), "--data-dir", str(tmp_path / "d"), "--log-level", "critical")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("linnaeus-metrics: error: could not serve")
+
+
+def test_serve_fails_on_unusable_data_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    done = _serve("--data-dir", str(blocker / "sub"))
+    assert done.returncode == 2 and "data dir" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_serve_fails_on_bad_flag(tmp_path: Path) -> None:
+    done = _serve("--port", "99999", "--data-dir", str(tmp_path))
+    assert done.returncode == 2 and "port" in done.stderr
+
+
+def test_queries_against_a_live_server(live_server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import httpx
+
+    data = make_run(2, world_size=1, steps_per_epoch=4, epochs=1)
+    url = live_server.url
+    httpx.post(f"{url}/v1/runs", json=data.spec("cli-run", {"STEP_INTERVAL": 2})).raise_for_status()
+    session = httpx.post(f"{url}/v1/runs/cli-run/sessions", json={"rank": 0}).json()["session"]
+    events = [encode_event(e, False) for e in stream_events(data, 0)]
+    httpx.post(f"{url}/v1/runs/cli-run/events", json={"session": session, "seq": 0, "events": events}).raise_for_status()
+    assert main(["runs", "--url", url]) == 0
+    assert "cli-run" in capsys.readouterr().out
+    assert main(["show", "cli-run", "--url", url, "--keys", "train/loss,train/epoch_"]) == 0
+    out = capsys.readouterr().out
+    latest = httpx.get(f"{url}/v1/runs/cli-run/metrics").json()["metrics"]
+    assert f"{latest['train/loss']['value']:.6g}" in out and "train/epoch_loss" in out and "train/acc1" not in out
+    target = tmp_path / "snap.json"
+    assert main(["snapshot", "cli-run", "--url", url, "-o", str(target)]) == 0
+    assert json.loads(target.read_text())["run_id"] == "cli-run"
+    assert main(["show", "nope", "--url", url]) == 2
+    assert "404" in capsys.readouterr().err

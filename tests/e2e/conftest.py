@@ -1,0 +1,109 @@
+"""Real servers on 127.0.0.1: uvicorn in a thread, or the CLI in a subprocess (for kill -9)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from service.api import create_app
+from service.settings import Settings
+from service.sinks.memory import MemorySink
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that tells when it is listening (no polling, no sleeps)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = threading.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.listening.set()
+
+
+@dataclass
+class LiveServer:
+    url: str
+    sink: MemorySink
+    settings: Settings
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    sink = MemorySink()
+    settings = Settings(data_dir=tmp_path / "data", wandb_enabled=False, console_enabled=False)
+    server = _Server(uvicorn.Config(create_app(settings, sinks=[sink]), host="127.0.0.1", port=0,
+                                    log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert server.listening.wait(20), "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield LiveServer(f"http://127.0.0.1:{port}", sink, settings)
+    server.should_exit = True
+    thread.join(20)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (the CLI must then bind it itself)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServiceProcess:
+    """``linnaeus-metrics serve`` as a child process; its log tells when it is up."""
+
+    def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.port = data_dir, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "LINNAEUS_METRICS_WANDB_ENABLED": "false",
+                    "LINNAEUS_METRICS_CONSOLE_ENABLED": "false", **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._up = threading.Event()
+
+    def start(self, timeout_s: float = 60.0) -> ServiceProcess:
+        self.lines, self._up = [], threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+             "--log-level", "info"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        assert self._up.wait(timeout_s), f"service did not start: {self.log()}"
+        assert self.proc.poll() is None, f"service exited: {self.log()}"
+        assert httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.lines.append(line)
+            if "Application startup complete" in line or "Uvicorn running on" in line:
+                self._up.set()
+        self._up.set()  # exited: let the waiter look
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def log(self) -> str:
+        return "".join(self.lines[-40:])
