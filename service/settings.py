@@ -49,8 +49,3 @@ class Settings(BaseSettings):
         if any(not t or len(t) < 8 for t in value):
             raise ValueError("auth tokens must be at least 8 characters")
         return value
-
-    @property
-    def wandb_dir(self) -> Path:
-        """Where wandb writes when WANDB_DIR is not set."""
-        return self.data_dir / "wandb"

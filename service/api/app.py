@@ -33,7 +33,7 @@ def default_sinks(settings: Settings) -> list[Sink]:
     if settings.wandb_enabled:
         from service.sinks.wandb import WandbSink
 
-        sinks.append(WandbSink(settings.wandb_dir, mode=settings.wandb_mode))
+        sinks.append(WandbSink(settings.data_dir, mode=settings.wandb_mode))  # wandb adds wandb/
     return sinks
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from client._wire import NAME_PATTERN, TaskInfo
 from service.core.errors import InvalidInput
+from service.core.experiment import resolve_wandb_options, without_secrets
 from service.core.schedule import Schedule, resolve_schedule
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -73,7 +74,8 @@ def parse_spec(raw: Mapping[str, Any]) -> RunSpec:
         subsets=_subsets(raw.get("subsets")),
         config=_config(raw.get("config")),
     )
-    spec.schedule()  # validates METRICS now, not at the first emission
+    spec.schedule()  # validates METRICS and EXPERIMENT now, not at the first emission
+    resolve_wandb_options(spec.config, spec.run_id)
     return spec
 
 
@@ -130,4 +132,4 @@ def _config(raw: Any) -> dict[str, Any]:
         return {}
     if not isinstance(raw, Mapping):
         raise InvalidInput(f"config: expected an object, got {type(raw).__name__}")
-    return dict(raw)
+    return without_secrets(raw)  # an API key is never stored, served or forwarded

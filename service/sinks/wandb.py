@@ -258,10 +258,7 @@ class WandbSink:
         try:
             options = resolve_wandb_options(spec.get("config"), run_id)
         except ConfigError as exc:
-            _log.error("wandb run %s: not logged to wandb: %s", run_id, exc)
             options, config_error = _DISABLED, str(exc)
-        for warning in options.warnings:
-            _log.warning("wandb run %s: %s", run_id, warning)
         with self._cond:
             current = self._runs.get(run_id)
             if current is not None and not current.done:
@@ -281,6 +278,10 @@ class WandbSink:
             if not run.disabled and not self._closed:
                 self._ensure_worker()
                 self._cond.notify()
+        if config_error is not None:
+            _log.error("wandb run %s: not logged to wandb: %s", run_id, config_error)
+        for warning in options.warnings:
+            _log.warning("wandb run %s: %s", run_id, warning)
 
     def emit(self, emissions: Sequence[Emission]) -> None:
         """Fold emissions into pending rows; never blocks on wandb, never raises."""
@@ -295,7 +296,11 @@ class WandbSink:
             _log.exception("wandb sink: could not queue %d emissions", len(emissions))
 
     def flush(self, timeout_s: float) -> bool:
-        """Send every pending row (open rows included) of every run; False on timeout."""
+        """Send every pending row of every run; False if ``timeout_s`` passed first.
+
+        Open rows are sent too, so an emission arriving later for such a step is skipped
+        (``finish_run`` flushes by itself; this is for shutdown paths and tests).
+        """
         events: list[threading.Event] = []
         with self._cond:
             for run in self._runs.values():
@@ -397,8 +402,9 @@ class WandbSink:
             for run in due:
                 try:
                     self._serve(run)
-                except Exception:  # a bug here must not kill the worker of every run
+                except Exception as exc:  # a bug must neither kill the worker nor spin it
                     _log.exception("wandb sink: unexpected error serving run %s", run.run_id)
+                    self._record_failure(run, "serve", exc)
 
     def _wait_for_work(self) -> list[_Run] | None:
         """Under the lock: the runs with work due now, or None to stop."""

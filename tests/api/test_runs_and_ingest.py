@@ -174,3 +174,16 @@ async def test_prometheus_metrics_are_scrapeable(api: httpx.AsyncClient) -> None
     assert samples[("linnaeus_ingest_total", (("kind", "samples"),))] == sum(r.size for r in data.recs)
     assert samples[("linnaeus_runs", (("status", "active"),))] == 1
     assert ("linnaeus_http_request_duration_seconds_count", (("method", "POST"), ("route", route))) in samples
+
+
+async def test_experiment_section_is_checked_and_key_never_stored(api: httpx.AsyncClient) -> None:
+    spec = _spec("r")
+    bad = {**spec, "config": {"EXPERIMENT": {"WANDB": {"ENABLED": "maybe"}}}}
+    reply = await api.post("/v1/runs", json=bad)
+    assert reply.status_code == 422 and "ENABLED" in reply.json()["detail"]
+    secret = {**spec, "config": {"EXPERIMENT": {"WANDB": {"KEY": "very-secret-key", "PROJECT": "p"}}}}
+    created = await api.post("/v1/runs", json=secret)
+    assert created.status_code == 201
+    assert "very-secret-key" not in created.text
+    assert "very-secret-key" not in (await api.get("/v1/runs/r")).text
+    assert (await api.post("/v1/runs", json=secret)).status_code == 200  # still idempotent

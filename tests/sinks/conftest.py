@@ -25,8 +25,16 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    for variable in ("WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_PROJECT",
-                     "WANDB_ENTITY", "WANDB_NAME", "WANDB_TAGS", "WANDB_NOTES"):
+    for variable in (
+        "WANDB_API_KEY",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_NAME",
+        "WANDB_TAGS",
+        "WANDB_NOTES",
+    ):
         monkeypatch.delenv(variable, raising=False)
     return tmp_path / "wandb-env" / "dir"
 

@@ -8,13 +8,23 @@ from typing import Any
 
 import pytest
 import wandb
-from sink_fakes import em, spec
-from wandb_reader import find_run_file, read_run
 
 from service.sinks.wandb import WandbSink
+from tests.sinks.sink_fakes import em, spec
+from tests.sinks.wandb_reader import find_run_file, read_run
 
 SECRET = "0123456789abcdef-not-a-real-key"
 RUN = "exp1"
+
+
+def wait_for_run_files() -> None:
+    """Block until wandb-core has closed every stream.
+
+    ``run.finish()`` returns once the exit record is acknowledged; the core closes the
+    stream (flushing the run file's last block) right after. Tearing the wandb service
+    down waits for exactly that; the next ``wandb.init`` starts a new service.
+    """
+    wandb.teardown()
 
 
 def realistic_sequence() -> tuple[list[Any], dict[int, dict[str, Any]]]:
@@ -24,8 +34,12 @@ def realistic_sequence() -> tuple[list[Any], dict[int, dict[str, Any]]]:
     window30 = {"train/loss": 1.5, "train/chain_accuracy": 25.0, "train/acc1_taxa_L10": 45.0}
     wandb20 = {"train/step_avg_loss": 2.25, "core/train_loss": 2.0, "core/global_step": 20}
     wandb40 = {"train/step_avg_loss": 1.75, "core/train_loss": 1.5, "core/global_step": 40}
-    epoch28 = {"train/epoch_loss": 2.1, "val/loss": 1.9, "val/chain_accuracy": 33.0,
-               "val/subset/rarity/rare/chain_accuracy": 12.5}
+    epoch28 = {
+        "train/epoch_loss": 2.1,
+        "val/loss": 1.9,
+        "val/chain_accuracy": 33.0,
+        "val/subset/rarity/rare/chain_accuracy": 12.5,
+    }
     emissions = [
         em(RUN, 10, "step", window10),
         em(RUN, 10, "lr", {"train/lr/backbone": 1e-4}),
@@ -59,8 +73,17 @@ def test_rows_summary_config_and_restore_reach_the_run_file(
     caplog.set_level(logging.WARNING, logger="service.sinks.wandb")
     sink = WandbSink(tmp_path / "data", mode="offline")
     closing.append(sink)
-    sink.open_run(RUN, spec(RUN, PROJECT="birds", NAME="swin", GROUP="ablation",
-                            TAGS=["a", "b"], WANDB={"ENABLED": True, "KEY": SECRET}))
+    sink.open_run(
+        RUN,
+        spec(
+            RUN,
+            PROJECT="birds",
+            NAME="swin",
+            GROUP="ablation",
+            TAGS=["a", "b"],
+            WANDB={"ENABLED": True, "KEY": SECRET},
+        ),
+    )
     emissions, expected = realistic_sequence()
     sink.emit(emissions)
     assert sink.flush(timeout_s=30)
@@ -68,13 +91,15 @@ def test_rows_summary_config_and_restore_reach_the_run_file(
     # The trainer restores to step 20: everything up to 40 was sent already.
     window30b = {"train/loss": 1.4, "train/chain_accuracy": 26.0, "train/acc1_taxa_L10": 46.0}
     wandb50 = {"train/step_avg_loss": 1.45, "core/train_loss": 1.4, "core/global_step": 50}
-    sink.emit([
-        em(RUN, 30, "step", window30b),
-        em(RUN, 30, "lr", {"train/lr/backbone": 3e-4}),
-        em(RUN, 35, "gradnorm", {"gradnorm/avg_norm": 1.1}),
-        em(RUN, 40, "wandb", wandb40_again := {"core/global_step": 40}),
-        em(RUN, 50, "wandb", wandb50),
-    ])
+    sink.emit(
+        [
+            em(RUN, 30, "step", window30b),
+            em(RUN, 30, "lr", {"train/lr/backbone": 3e-4}),
+            em(RUN, 35, "gradnorm", {"gradnorm/avg_norm": 1.1}),
+            em(RUN, 40, "wandb", wandb40_again := {"core/global_step": 40}),
+            em(RUN, 50, "wandb", wandb50),
+        ]
+    )
     assert wandb40_again
     expected[50] = {**window30b, **wandb50}
     finals = {"final_val_loss": 1.85, "final_val_chain_accuracy": 33.0, "final_train_loss": 2.1}
@@ -87,8 +112,8 @@ def test_rows_summary_config_and_restore_reach_the_run_file(
     assert status["mode"] == "offline" and status["wandb_run_id"] == RUN
     assert Path(status["dir"]).is_relative_to(wandb_env)
 
-    run_file = find_run_file(wandb_env, RUN)
-    content = read_run(run_file)
+    wait_for_run_files()
+    content = read_run(find_run_file(wandb_env, RUN))
     assert content.steps() == [10, 20, 25, 28, 30, 40, 50]
     assert content.user_rows() == expected
     assert {k: content.summary[k] for k in finals} == finals
@@ -97,7 +122,9 @@ def test_rows_summary_config_and_restore_reach_the_run_file(
     assert content.config["run_id"] == RUN and content.config["world_size"] == 2
     assert content.config["tasks"][0] == {"name": "taxa_L10", "num_classes": 10, "null_index": 0}
     assert content.config["config"]["EXPERIMENT"]["WANDB"] == {"ENABLED": True}
-    assert SECRET.encode() not in b"".join(p.read_bytes() for p in wandb_env.rglob("*") if p.is_file())
+    assert SECRET.encode() not in b"".join(
+        p.read_bytes() for p in wandb_env.rglob("*") if p.is_file()
+    )
 
     warnings = [r.getMessage() for r in caplog.records if r.name == "service.sinks.wandb"]
     assert sum("KEY is ignored" in m for m in warnings) == 1
@@ -144,6 +171,7 @@ def test_failing_init_and_log_are_retried_until_every_row_is_written(
     assert calls[-1]["mode"] == "offline" and calls[-1]["reinit"] == "create_new"
     assert calls[-1]["settings"]["console"] == "off" and calls[-1]["dir"] == str(wandb_env)
     assert calls[-1]["project"] == "linnaeus-metrics" and calls[-1]["resume"] == "allow"
+    wait_for_run_files()
     rows = read_run(find_run_file(wandb_env, "flaky")).user_rows()
     assert rows == {s: {"custom/x": float(s)} for s in range(1, 6)}
     messages = [r.getMessage() for r in caplog.records if r.name == "service.sinks.wandb"]

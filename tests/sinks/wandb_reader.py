@@ -72,7 +72,7 @@ def read_run(path: Path) -> RunFile:
     return result
 
 
-def iter_records(data: bytes) -> Iterator[pb.Record]:
+def iter_records(data: bytes) -> Iterator[Any]:
     """Reassemble chunks into records, checking header, block layout and checksums."""
     if data[: len(FILE_HEADER)] != FILE_HEADER:
         raise ValueError(f"not a wandb run file: header {data[:7]!r}")
@@ -96,7 +96,7 @@ def iter_records(data: bytes) -> Iterator[pb.Record]:
         pos += CHUNK_HEADER.size + length
         pending += chunk
         if kind in (FULL, LAST):
-            record = pb.Record()
+            record = pb.Record()  # type: ignore[attr-defined]
             record.ParseFromString(pending)
             pending = b""
             yield record
