@@ -3,12 +3,12 @@
 ```
 ClientError
 ├── InvalidValue (also ValueError)        misuse: an argument has a bad value
-│   ├── InvalidRecord                     a log_*() record is wrong (task, shape, class index, NaN, step)
+│   ├── InvalidRecord                     a log_*() record is wrong (task, shape, class, NaN, step)
 │   │   └── StepAlreadyCompleted          a train record for a step this rank already completed
 │   ├── InvalidStateDict                  load_state_dict() got a state that is not this run's
 │   └── ClientClosed                      the client was used after close()
 ├── InvalidType (also TypeError)          misuse: an argument has the wrong type
-├── ServiceUnavailable                    no usable answer in time (connection, timeout, 5xx, 408, 429)
+├── ServiceUnavailable                    no usable answer in time (network, 5xx, 408, 429)
 ├── ServiceRejected                       the service refused a request for good (4xx)
 │   └── SessionFenced                     a newer session of this rank exists (409 session_fenced)
 └── CheckpointTimeout                     state_dict(): not every rank's marker arrived in time
@@ -97,10 +97,7 @@ class CheckpointTimeout(ClientError):
         missing_ranks: the ranks whose marker the service had not seen.
     """
 
-    def __init__(self, checkpoint_id: str, missing_ranks: Sequence[int], timeout_s: float) -> None:
-        super().__init__(
-            f"checkpoint {checkpoint_id!r}: ranks {list(missing_ranks)} did not reach it "
-            f"within timeout_s={timeout_s}"
-        )
+    def __init__(self, message: str, checkpoint_id: str, missing_ranks: Sequence[int]) -> None:
+        super().__init__(message)
         self.checkpoint_id = checkpoint_id
         self.missing_ranks = list(missing_ranks)

@@ -475,9 +475,10 @@ def check_batch_against(batch: BatchEvent, tasks: Sequence[TaskInfo], where: str
 def _check_task_arrays(batch: BatchEvent, task: TaskInfo, where: str) -> None:
     size = batch.batch_size
     topk = batch.topk[task.name]
-    if topk.ndim != 2 or topk.shape[0] != size or not MIN_TOPK <= topk.shape[1] <= MAX_TOPK:
+    min_k = min(MIN_TOPK, task.num_classes)  # a task with fewer classes than 3 sends them all
+    if topk.ndim != 2 or topk.shape[0] != size or not min_k <= topk.shape[1] <= MAX_TOPK:
         raise WireError(
-            f"{where}.topk.{task.name}: expected shape [{size}, k] with {MIN_TOPK} <= k <= {MAX_TOPK}, "
+            f"{where}.topk.{task.name}: expected shape [{size}, k] with {min_k} <= k <= {MAX_TOPK}, "
             f"got {list(topk.shape)}"
         )
     for key, array in (("targets", batch.targets[task.name]), ("topk", topk)):

@@ -1,0 +1,120 @@
+"""Lossless merging of queued records: the queue's first answer to being full.
+
+Two records merge when the service ends up in the same state whether it gets them apart
+or merged:
+
+- batches of the same step, epoch and phase that carry the same optional fields (loss,
+  task losses, per-sample losses, subset families) and the same k per task. The merged
+  record lists each record's batch size in ``sizes`` and one loss per segment, arrays are
+  concatenated, subset vocabularies are merged and the codes remapped. It carries the
+  later ``time`` (the moment its last segment was logged).
+- scalars of the same kind and step: the values dicts merge, later values win (as the
+  service's per-rank tables do).
+
+A record never merges across a control record (end_epoch, complete, checkpoint): the key
+includes the number of control records queued before it, so a merge cannot move a record
+past a marker or an epoch end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import cast
+
+import numpy as np
+
+from client._wire import BatchEvent, Event, ScalarEvent
+
+Key = tuple[Hashable, ...]
+Labels = tuple[list[str], np.ndarray]
+
+RECORD_OVERHEAD_BYTES = 128
+
+
+def coalesce_key(event: Event, barrier: int) -> Key | None:
+    """The merge key of a data record, or None for control records (never merged)."""
+    if isinstance(event, ScalarEvent):
+        return (event.kind, barrier, event.step)
+    if not isinstance(event, BatchEvent):
+        return None
+    return (
+        "batch",
+        barrier,
+        event.step,
+        event.epoch,
+        event.phase,
+        event.losses is None,
+        event.sample_losses is None,
+        tuple(sorted(event.task_losses)),
+        tuple(sorted(event.subsets)),
+        tuple(sorted((task, array.shape[1]) for task, array in event.topk.items())),
+    )
+
+
+def record_nbytes(event: Event) -> int:
+    """A cheap estimate of a record's encoded size."""
+    if isinstance(event, ScalarEvent):
+        return RECORD_OVERHEAD_BYTES + 48 * len(event.values)
+    if not isinstance(event, BatchEvent):
+        return RECORD_OVERHEAD_BYTES
+    arrays = [
+        *event.targets.values(),
+        *event.topk.values(),
+        *(c for _, c in event.subsets.values()),
+    ]
+    if event.sample_losses is not None:
+        arrays.append(event.sample_losses)
+    return RECORD_OVERHEAD_BYTES + sum(a.nbytes for a in arrays)
+
+
+def record_samples(event: Event) -> int:
+    """Samples in a record (0 for scalars and control records)."""
+    return event.batch_size if isinstance(event, BatchEvent) else 0
+
+
+def merge(parts: Sequence[Event]) -> Event:
+    """Merge records that share a coalesce key, in logging order, into one."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], BatchEvent):
+        return _merge_batches(cast(Sequence[BatchEvent], parts))
+    return _merge_scalars(cast(Sequence[ScalarEvent], parts))
+
+
+def _merge_batches(parts: Sequence[BatchEvent]) -> BatchEvent:
+    first = parts[0]
+    return BatchEvent(
+        step=first.step,
+        epoch=first.epoch,
+        phase=first.phase,
+        time=max(p.time for p in parts),
+        targets={t: np.concatenate([p.targets[t] for p in parts]) for t in first.targets},
+        topk={t: np.concatenate([p.topk[t] for p in parts]) for t in first.topk},
+        sizes=[size for p in parts for size in p.sizes],
+        losses=None if first.losses is None else [v for p in parts for v in p.losses or ()],
+        task_losses={t: [v for p in parts for v in p.task_losses[t]] for t in first.task_losses},
+        subsets={f: _merge_labels([p.subsets[f] for p in parts]) for f in first.subsets},
+        sample_losses=_concat_optional([p.sample_losses for p in parts]),
+    )
+
+
+def _merge_labels(pairs: Sequence[Labels]) -> Labels:
+    labels = sorted({label for vocabulary, _ in pairs for label in vocabulary})
+    index = {label: i for i, label in enumerate(labels)}
+    codes = [np.asarray([index[v] for v in vocab], dtype=np.int64)[c] for vocab, c in pairs]
+    return labels, np.concatenate(codes)
+
+
+def _concat_optional(arrays: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    present = [a for a in arrays if a is not None]
+    return np.concatenate(present) if present else None
+
+
+def _merge_scalars(parts: Sequence[ScalarEvent]) -> ScalarEvent:
+    values: dict[str, float] = {}
+    directions: dict[str, bool] = {}
+    for part in parts:
+        values.update(part.values)
+        directions.update(part.higher_is_better)
+    last = parts[-1]
+    return ScalarEvent(last.kind, last.step, last.time, values, directions)

@@ -1,0 +1,180 @@
+"""The bounded queue of records waiting to be sent.
+
+``put`` is O(1) until the queue is full. Then, in order: the new record merges into the
+latest queued record with the same key; else records that gained a same-key neighbour
+since the last compaction are merged (``client._coalesce``: lossless); else the oldest
+*data* record is dropped. Control records (end_epoch, complete, checkpoint) are never
+dropped and never refused: they are rare and the service's bookkeeping depends on them.
+
+Merging is lazy: an entry keeps its parts and ``take`` hands them out, so the caller
+builds the merged record outside its lock. Not thread-safe: the worker holds its lock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from client._coalesce import Key, coalesce_key, record_nbytes, record_samples
+from client._wire import Event
+
+MAX_RECORD_BYTES = 4 * 2**20
+MAX_RECORD_SAMPLES = 16_384  # well under the service's default limit per record (65,536)
+
+
+@dataclass(eq=False)
+class _Entry:
+    key: Key | None
+    nbytes: int
+    samples: int
+    parts: list[Event] = field(default_factory=list)
+    alive: bool = True
+
+    def can_take(self, nbytes: int, samples: int, max_bytes: int) -> bool:
+        return self.nbytes + nbytes <= max_bytes and self.samples + samples <= MAX_RECORD_SAMPLES
+
+    def take_in(self, parts: list[Event], nbytes: int, samples: int) -> None:
+        self.parts.extend(parts)
+        self.nbytes += nbytes
+        self.samples += samples
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What putting one record did: records merged away and records dropped for room."""
+
+    coalesced: int = 0
+    dropped: int = 0
+
+
+class EventQueue:
+    """A FIFO of at most ``max_items`` records (merged records count once).
+
+    Args:
+        max_items: capacity in queued (possibly merged) records.
+        max_record_bytes: a merged record stops growing past this estimated size.
+    """
+
+    def __init__(self, max_items: int, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
+        self.max_items = max_items
+        self.max_record_bytes = max_record_bytes
+        self._reset()
+
+    def _reset(self) -> None:
+        self._entries: deque[_Entry] = deque()
+        self._by_key: dict[Key, list[_Entry]] = {}
+        self._dirty: set[Key] = set()
+        self._live = 0
+        self._records = 0
+        self._barriers = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    @property
+    def records(self) -> int:
+        """Logged records held (a merged record counts each of its parts)."""
+        return self._records
+
+    def put(self, event: Event) -> Admission:
+        """Queue ``event``, merging or dropping data records when full."""
+        key = coalesce_key(event, self._barriers)
+        if key is None:
+            self._barriers += 1
+        if self._live < self.max_items:
+            self._append(key, event)
+            return Admission()
+        if key is not None and self._absorb(key, event):
+            return Admission(coalesced=1)
+        coalesced = self._compact()
+        dropped = 0
+        if self._live >= self.max_items:
+            dropped = self._drop_oldest_data()
+            if not dropped and key is not None:
+                return Admission(coalesced, dropped=1)  # only control records queued
+        self._append(key, event)
+        return Admission(coalesced, dropped)
+
+    def take(self, max_events: int, max_bytes: int) -> list[list[Event]]:
+        """Remove up to ``max_events`` records (at least one if any) of about ``max_bytes``."""
+        taken: list[list[Event]] = []
+        size = 0
+        while self._entries and len(taken) < max_events:
+            entry = self._entries[0]
+            if entry.alive and taken and size + entry.nbytes > max_bytes:
+                break
+            self._entries.popleft()
+            if entry.alive:
+                self._forget(entry)
+                taken.append(entry.parts)
+                size += entry.nbytes
+        return taken
+
+    def clear(self) -> int:
+        """Drop everything; returns the number of logged records dropped."""
+        dropped = self._records
+        self._reset()
+        return dropped
+
+    def _append(self, key: Key | None, event: Event) -> None:
+        entry = _Entry(key, record_nbytes(event), record_samples(event), [event])
+        self._entries.append(entry)
+        self._live += 1
+        self._records += 1
+        if key is not None:
+            same = self._by_key.setdefault(key, [])
+            if same:
+                self._dirty.add(key)
+            same.append(entry)
+
+    def _absorb(self, key: Key, event: Event) -> bool:
+        same = self._by_key.get(key)
+        nbytes, samples = record_nbytes(event), record_samples(event)
+        if not same or not same[-1].can_take(nbytes, samples, self.max_record_bytes):
+            return False
+        same[-1].take_in([event], nbytes, samples)
+        self._records += 1
+        return True
+
+    def _compact(self) -> int:
+        merged = sum(self._compact_key(key) for key in self._dirty)
+        self._dirty.clear()
+        if len(self._entries) > 2 * self._live + 16:
+            self._entries = deque(e for e in self._entries if e.alive)
+        return merged
+
+    def _compact_key(self, key: Key) -> int:
+        survivors: list[_Entry] = []
+        for entry in self._by_key.get(key, ()):
+            target = survivors[-1] if survivors else None
+            if target is None or not target.can_take(
+                entry.nbytes, entry.samples, self.max_record_bytes
+            ):
+                survivors.append(entry)
+                continue
+            target.take_in(entry.parts, entry.nbytes, entry.samples)
+            entry.alive = False
+            self._live -= 1
+        merged = len(self._by_key.get(key, ())) - len(survivors)
+        if survivors:
+            self._by_key[key] = survivors
+        return merged
+
+    def _drop_oldest_data(self) -> int:
+        for entry in self._entries:
+            if entry.alive and entry.key is not None:
+                entry.alive = False
+                self._forget(entry)
+                return len(entry.parts)
+        return 0
+
+    def _forget(self, entry: _Entry) -> None:
+        """Unlink a live entry that leaves the queue (it is the oldest of its key)."""
+        self._live -= 1
+        self._records -= len(entry.parts)
+        if entry.key is None:
+            return
+        same = self._by_key[entry.key]
+        same.remove(entry)
+        if not same:
+            del self._by_key[entry.key]
