@@ -87,13 +87,17 @@ class RunRegistry:
             self._add(spec)
         return self.info(spec.run_id), True
 
-    def _add(self, spec: RunSpec) -> Run:
+    def _add(self, spec: RunSpec, open_sinks: bool = True) -> Run:
         state = RunState(spec)
         state.book.max_points = self.history_max_points
         run = self._runs[spec.run_id] = Run(spec, state)
-        for sink in self.sinks:
-            sink.open_run(spec.run_id, spec.to_dict())
+        if open_sinks:
+            self._open_sinks(run)
         return run
+
+    def _open_sinks(self, run: Run) -> None:
+        for sink in self.sinks:
+            sink.open_run(run.spec.run_id, run.spec.to_dict())
 
     def get(self, run_id: str) -> Run:
         """The run ``run_id``; raises UnknownRun (InvalidInput for a malformed id)."""
@@ -252,9 +256,13 @@ class RunRegistry:
             for command_id, kind, payload in stored.commands:
                 run = self._replay(run, kind, payload)
                 self._last_command[stored.run_id] = command_id
-            if run is not None:
-                run.state.drain()
-                count += 1
+            if run is None:
+                continue
+            # replayed emissions were handed to sinks before the restart; finished runs stay closed
+            run.state.drain()
+            if not run.state.finished:
+                self._open_sinks(run)
+            count += 1
         return count
 
     def _recover_image(self, stored: Any) -> Run:
@@ -264,8 +272,6 @@ class RunRegistry:
         checkpoints = {c: b for c in image["checkpoint_ids"] if (b := self._blob(spec.run_id, "checkpoint", c))}
         run = self._runs[spec.run_id] = Run.from_image(spec, image, base, checkpoints)
         run.state.book.max_points = self.history_max_points
-        for sink in self.sinks:
-            sink.open_run(spec.run_id, spec.to_dict())
         return run
 
     def _blob(self, run_id: str, kind: str, key: str) -> dict[str, Any] | None:
@@ -276,7 +282,7 @@ class RunRegistry:
 
     def _replay(self, run: Run | None, kind: str, payload: Mapping[str, Any]) -> Run | None:
         if kind == "create":
-            return self._add(parse_spec(payload["spec"]))
+            return self._add(parse_spec(payload["spec"]), open_sinks=False)
         assert run is not None, f"journal: {kind} before create"
         if kind == "session":
             run.open_session(int(payload["rank"]), str(payload["session"]))
