@@ -88,10 +88,11 @@ class ServiceProcess:
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            self.lines.append(line)
-            if "Application startup complete" in line or "Uvicorn running on" in line:
-                self._up.set()
+        with proc.stderr:
+            for line in proc.stderr:
+                self.lines.append(line)
+                if "Application startup complete" in line or "Uvicorn running on" in line:
+                    self._up.set()
         self._up.set()  # exited: let the waiter look
 
     def kill9(self) -> None:

@@ -1,0 +1,75 @@
+"""Real uvicorn on 127.0.0.1, real clients (one per rank, in threads): HTTP equals the reference."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+from tests.conftest import make_run
+from tests.e2e.conftest import LiveServer
+from tests.e2e.trainer import Trainer
+from tests.reference import expected_history, expected_summary
+
+pytestmark = pytest.mark.e2e
+METRICS = {"STEP_INTERVAL": 3, "WANDB_INTERVAL": 5, "LR_INTERVAL": 2, "PIPELINE_INTERVAL": 4}
+INTERVALS = {"step": 3, "wandb": 5, "lr": 2, "pipeline": 4}
+
+
+def series(url: str, run_id: str, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+    reply = httpx.get(f"{url}/v1/runs/{run_id}/history", params={"keys": ",".join(keys)}, timeout=30)
+    reply.raise_for_status()
+    return {k: list(zip(v["steps"], v["values"], strict=True)) for k, v in reply.json()["series"].items()}
+
+
+def check_against_reference(url: str, run_id: str, data) -> None:  # type: ignore[no-untyped-def]
+    finish = httpx.post(f"{url}/v1/runs/{run_id}/finish", timeout=60).json()
+    want = expected_history(data.recs, data.tasks, INTERVALS, data.scalars, data.last_step)
+    assert series(url, run_id, list(want)) == want
+    summary = expected_summary(data.recs, data.tasks)
+    summary["final_custom_map"] = max(v for _, v in want["custom/map"])
+    assert finish["summary"] == summary
+    assert httpx.get(f"{url}/v1/runs/{run_id}/summary").json()["summary"] == summary
+    latest = httpx.get(f"{url}/v1/runs/{run_id}/metrics").json()["metrics"]
+    for key, points in want.items():
+        assert latest[key]["value"] == max(points)[1], key
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_ranks_in_threads_equal_reference(live_server: LiveServer, binary: bool) -> None:
+    data = make_run(21, world_size=3, steps_per_epoch=6, epochs=2)
+    trainers = [Trainer(live_server.url, data, r, METRICS, binary=binary, max_batch_events=7) for r in range(3)]
+    threads = [threading.Thread(target=t.play, args=(t.stream(),)) for t in trainers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for trainer in trainers:
+        assert trainer.client.flush(30)
+        trainer.client.close()
+    check_against_reference(live_server.url, "e2e", data)
+
+
+def test_skewed_ranks_one_finishes_the_epoch_before_the_other_starts(live_server: LiveServer) -> None:
+    data = make_run(22, world_size=2, steps_per_epoch=8, epochs=2)
+    early, late = (Trainer(live_server.url, data, r, METRICS) for r in (1, 0))
+    epoch0 = [item for item in early.stream() if _epoch(item) == 0]
+    early.play(epoch0)
+    assert early.client.flush(30)
+    assert httpx.get(f"{live_server.url}/v1/runs/e2e/metrics").json()["metrics"] == {}  # nothing half-filled
+    late.play(late.stream())
+    early.play(early.stream()[len(epoch0):])
+    for trainer in (early, late):
+        assert trainer.client.flush(30)
+        trainer.client.close()
+    check_against_reference(live_server.url, "e2e", data)
+
+
+def _epoch(item) -> int:  # type: ignore[no-untyped-def]
+    kind, value = item
+    if kind == "batch":
+        return int(value.epoch)
+    if kind == "end":
+        return int(value[1])
+    return int(value[2] > 8)
