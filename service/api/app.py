@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chosen = list(sinks) if sinks is not None else default_sinks(settings)
-        store = _open_store(settings, app)
+        store = app.state.store = _open_store(settings, app)
         registry = app.state.registry = RunRegistry(
             chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
             image_every_events=settings.snapshot_every_events)
@@ -107,6 +107,8 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     app.state.settings = settings
     app.state.ready = False
     app.state.not_ready_reason = "starting"
+    app.state.store_failed = False
+    app.state.store = None
     app.state.telemetry = Telemetry()
     install_error_handlers(app)
     for module in (health, runs, ingest, metrics, snapshots):

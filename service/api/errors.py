@@ -62,6 +62,7 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     if isinstance(exc, core.StoreUnavailable):  # disk full or a damaged file: stop claiming readiness
         request.app.state.ready = False
+        request.app.state.store_failed = True
         request.app.state.not_ready_reason = str(exc)
     if status >= 500:
         log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,19 @@ class SqliteStore:
                                     (run_id,)).fetchall()
         image = None if image_row is None else dict(unpack(image_row[0]))
         return StoredRun(run_id, image, [(int(i), str(k), dict(unpack(p))) for i, k, p in rows])
+
+    def probe(self) -> None:
+        """A real write of a typical delivery's size, rolled back: raises StoreUnavailable while the
+        disk is full or the file is damaged."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("INSERT INTO blobs VALUES ('', 'probe', ?, zeroblob(262144))", (repr(time.time()),))
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"store {self.path}: write failed ({exc})") from exc
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
 
     def close(self) -> None:
         """Checkpoint the WAL and close."""

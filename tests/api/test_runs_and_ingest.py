@@ -187,3 +187,26 @@ async def test_experiment_section_is_checked_and_key_never_stored(api: httpx.Asy
     assert "very-secret-key" not in created.text
     assert "very-secret-key" not in (await api.get("/v1/runs/r")).text
     assert (await api.post("/v1/runs", json=secret)).status_code == 200  # still idempotent
+
+
+async def test_disk_full_is_503_not_ready_then_ready_again(tmp_path: Any) -> None:
+    from asgi_lifespan import LifespanManager
+
+    settings = Settings(data_dir=tmp_path / "d", durable=True, wandb_enabled=False)
+    app = create_app(settings, sinks=[])
+    data = make_run(8, world_size=1, steps_per_epoch=4, epochs=1)
+    async with LifespanManager(app) as manager, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://t") as api:
+        await api.post("/v1/runs", json=data.spec("r", METRICS))
+        session = (await api.post("/v1/runs/r/sessions", json={"rank": 0})).json()["session"]
+        events = stream_events(data, 0)
+        db = app.state.store._db
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+        full = await _post_events(api, "r", session, 0, events, True)
+        assert full.status_code == 503 and full.json()["type"] == "store_unavailable"
+        assert "full" in full.json()["detail"]
+        assert (await api.get("/readyz")).status_code == 503
+        assert (await api.get("/v1/runs/r")).json()["ranks"][0]["next_seq"] == 0
+        db.execute("PRAGMA max_page_count = 1073741823")
+        assert (await api.get("/readyz")).status_code == 200
+        assert (await _post_events(api, "r", session, 0, events, True)).json()["acked_seq"] == len(events)

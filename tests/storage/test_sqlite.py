@@ -89,3 +89,26 @@ def test_damaged_file_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreUnavailable, match="cannot open"):
         SqliteStore(path)
+
+
+def test_disk_full_refuses_the_write_and_applies_nothing(tmp_path: Path) -> None:
+    from service.core.errors import StoreUnavailable as Full
+
+    data = make_run(6, world_size=1, steps_per_epoch=6, epochs=1)
+    path = tmp_path / "m.sqlite3"
+    live = _registry(path, 1_000_000)
+    live.create_run(data.spec("r", METRICS))
+    rank = Rank(live, 0)
+    events = stream_events(data, 0)
+    rank.send(events[:2])
+    before = live.snapshot("r"), live.info("r")["ranks"]
+    store = live.store
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]  # type: ignore[attr-defined]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")  # type: ignore[attr-defined]  # the disk is full now
+    with pytest.raises(Full, match="database or disk is full"):
+        live.ingest("r", rank.session, rank.seq, events[2:])
+    assert (live.snapshot("r"), live.info("r")["ranks"]) == before
+    store._db.execute("PRAGMA max_page_count = 1073741823")  # type: ignore[attr-defined]  # space again
+    rank.send(events[2:])
+    again = _recovered(path, 1_000_000)
+    assert again.snapshot("r") == live.snapshot("r")

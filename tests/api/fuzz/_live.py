@@ -1,0 +1,75 @@
+"""A real uvicorn on 127.0.0.1 in a thread, and the state fingerprint the fuzz compares."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+
+from service.api import create_app
+from service.core.emission import Sink
+from service.settings import Settings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that tells when it is listening (no polling, no sleeps)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = threading.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.listening.set()
+
+
+@dataclass
+class Live:
+    """A running service: its URL and the app (for the registry, in assertions only)."""
+
+    url: str
+    app: Any
+
+
+@contextmanager
+def live_service(settings: Settings, sinks: Sequence[Sink] = ()) -> Iterator[Live]:
+    """Serve ``create_app(settings, sinks)`` on a free loopback port until the block ends."""
+    app = create_app(settings, sinks=list(sinks))
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert server.listening.wait(20), "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Live(f"http://127.0.0.1:{port}", app)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def fingerprint(client: httpx.Client, run_ids: Sequence[str], listing: bool = True) -> dict[str, Any]:
+    """Everything a reader can see of the service's runs: list, and each run's info and data."""
+    out: dict[str, Any] = {"runs": _get(client, "/v1/runs")} if listing else {}
+    for run_id in dict.fromkeys(run_ids):
+        base = f"/v1/runs/{run_id}"
+        out[run_id] = {part: _get(client, base + part)
+                       for part in ("", "/history", "/summary", "/metrics", "/snapshot")}
+    return out
+
+
+def _get(client: httpx.Client, path: str) -> Any:
+    reply = client.get(path)
+    return reply.status_code, reply.json()
+
+
+def registry_state(app: Any) -> dict[str, Any]:
+    """Every run's snapshot and info straight from the registry (sink figures left out)."""
+    registry = app.state.registry
+    return {run_id: (registry.snapshot(run_id), {k: v for k, v in registry.info(run_id).items() if k != "sinks"})
+            for run_id in registry.run_ids()}
