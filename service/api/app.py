@@ -12,13 +12,13 @@ from fastapi import FastAPI
 
 from service.api.auth import BearerAuth
 from service.api.errors import install_error_handlers
-from service.api.telemetry import RequestMetrics, Telemetry
 from service.api.routes import health, ingest, metrics, runs, snapshots
+from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
 from service.core.errors import StoreUnavailable
 from service.core.registry import RunRegistry
-from service.storage.sqlite import SqliteStore
 from service.settings import Settings
+from service.storage.sqlite import SqliteStore
 
 log = logging.getLogger("linnaeus_metrics")
 

@@ -82,7 +82,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     type_ = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}.get(
         exc.status_code, "http_error")
-    return error_response(exc.status_code, type_, str(exc.detail), **({} if not exc.headers else {}))
+    return error_response(exc.status_code, type_, str(exc.detail))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def _get(args: argparse.Namespace, path: str) -> Any:
 
 def _runs(args: argparse.Namespace) -> int:
     runs = _get(args, "/v1/runs")["runs"]
-    rows = [("run", "status", "world_size", "watermark")]
+    rows: list[tuple[str, ...]] = [("run", "status", "world_size", "watermark")]
     rows += [(r["run_id"], r["status"], str(r["world_size"]), str(r["watermark"])) for r in runs]
     print(_format(rows))
     return 0
@@ -56,7 +57,7 @@ def _runs(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     data = _get(args, f"/v1/runs/{args.run_id}/metrics")
     wanted = [k for k in (args.keys or "").split(",") if k]
-    rows = [("key", "value", "step")]
+    rows: list[tuple[str, ...]] = [("key", "value", "step")]
     for key, entry in data["metrics"].items():
         if not wanted or any(key == w or key.startswith(w) for w in wanted):
             rows.append((key, f"{entry['value']:.6g}", str(entry["step"])))
@@ -72,6 +73,6 @@ def _snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format(rows: list[tuple[str, ...]]) -> str:
+def _format(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)

@@ -24,6 +24,7 @@ from service.core.runs import Run
 from service.core.spec import RunSpec, check_run_id, parse_spec
 
 log = logging.getLogger("linnaeus_metrics.registry")
+Payload = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 
 class Store(Protocol):
@@ -192,7 +193,7 @@ class RunRegistry:
         """Finish the run in every sink (bounded); returns how each ended."""
         return {sink.name: sink.finish_run(run_id, summary, timeout_s) for sink in self.sinks}
 
-    def _commit(self, run: Run, kind: str, payload: Mapping[str, Any] | Callable[[], Mapping[str, Any]]) -> Callable[[], None]:
+    def _commit(self, run: Run, kind: str, payload: Payload) -> Callable[[], None]:
         def commit() -> None:
             body = payload() if callable(payload) else payload
             self._journal(run.spec.run_id, kind, body)
@@ -357,7 +358,8 @@ def _rank_info(run: Run) -> list[dict[str, Any]]:
             for i, r in enumerate(run.state.ranks)]
 
 
-def _series(steps: list[int], values: list[float], since_step: int | None, max_points: int | None) -> dict[str, list[Any]]:
+def _series(steps: list[int], values: list[float], since_step: int | None,
+            max_points: int | None) -> dict[str, list[Any]]:
     if since_step is not None:
         keep = [i for i, s in enumerate(steps) if s >= since_step]
         steps, values = [steps[i] for i in keep], [values[i] for i in keep]

@@ -262,7 +262,8 @@ class RunState:
         out.update({metric_key("core", k): train[(None, None, s)] for k, s in pairs if (None, None, s) in train})
         for core_name, suffix in (("val_loss", "loss"), ("val_chain_acc", "chain_accuracy"),
                                   ("val_partial_chain_acc", "partial_chain_accuracy")):
-            self._copy_latest(out, metric_key("core", core_name), metric_key("window", suffix, phase="val", window="epoch"))
+            source = metric_key("window", suffix, phase="val", window="epoch")
+            self._copy_latest(out, metric_key("core", core_name), source)
         for task in self.spec.task_names:
             self._copy_latest(out, metric_key("core", "val_acc1", task=task),
                               metric_key("window", f"acc1_{task}", phase="val", window="epoch"))
@@ -435,7 +436,7 @@ def _check_step(state: RankState, step: int, where: str) -> None:
 
 
 def _advance_rank(state: RankState, event: Event) -> None:
-    if isinstance(event, BatchEvent) and event.phase == TRAIN_PHASE or isinstance(event, ScalarEvent):
+    if (isinstance(event, BatchEvent) and event.phase == TRAIN_PHASE) or isinstance(event, ScalarEvent):
         state.see_step(event.step)
     elif isinstance(event, EndEpochEvent):
         state.ended.setdefault(event.phase, set()).add(event.epoch)

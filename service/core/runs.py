@@ -66,7 +66,8 @@ class Run:
 
     # ------------------------------------------------------------ deliveries
 
-    def deliver(self, session_id: str, seq: int, events: Sequence[Event], commit: Commit = _no_commit) -> dict[str, int]:
+    def deliver(self, session_id: str, seq: int, events: Sequence[Event],
+                commit: Commit = _no_commit) -> dict[str, int]:
         """Apply a delivery exactly once; returns ``{acked_seq, applied, ignored}``."""
         session = self.sessions.get(session_id)
         offset = self.sessions.fresh_offset(session, seq, len(events))

@@ -26,7 +26,8 @@ from service.core.exact import fixed, fixed_sums_by_label, ratio
 
 NULL_FAMILY = "null"
 
-Metrics = dict[tuple[str | None, str | None, str], float]
+MetricId = tuple[str | None, str | None, str]  # (family, label, suffix); family None = global
+Metrics = dict[MetricId, float]
 
 
 class Layout:
@@ -47,11 +48,37 @@ class Layout:
                 index[label] = len(vocab)
                 vocab.append(label)
         table = np.array([index[label] for label in labels], dtype=np.int64)
-        return table[local_codes]
+        codes: np.ndarray = table[local_codes]
+        return codes
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe vocabularies."""
         return {f: list(v) for f, v in self.families.items()}
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Per-sample outcomes of one batch (rows: tasks in run order; columns: samples)."""
+
+    top1: np.ndarray
+    top3: np.ndarray
+    nonnull: np.ndarray
+    chain: np.ndarray
+    partial: np.ndarray
+    any_nonnull: np.ndarray
+
+    @classmethod
+    def of(cls, batch: BatchEvent, layout: Layout) -> Hits:
+        """Compare every task's top-k with its target, vectorised per task."""
+        names = [t.name for t in layout.tasks]
+        y = np.stack([batch.targets[t] for t in names])
+        top = [batch.topk[t] for t in names]
+        top1 = np.stack([top[i][:, 0] == y[i] for i in range(len(names))])
+        top3 = np.stack([(top[i][:, :3] == y[i][:, None]).any(axis=1) for i in range(len(names))])
+        nonnull = y != layout.null_index[:, None]
+        any_nonnull = np.asarray(nonnull.any(axis=0))
+        partial = np.asarray((top1 | ~nonnull).all(axis=0) & any_nonnull)
+        return cls(top1, top3, nonnull, np.asarray(top1.all(axis=0)), partial, any_nonnull)
 
 
 @dataclass
@@ -130,32 +157,21 @@ class Accumulator:
 
     def update(self, batch: BatchEvent) -> None:
         """Add one batch (already checked against the run's tasks)."""
-        hit1, hit3, nonnull = self._hits(batch)
-        chain = hit1.all(axis=0)
-        any_nonnull = nonnull.any(axis=0)
-        partial = (hit1 | ~nonnull).all(axis=0) & any_nonnull
+        hits = Hits.of(batch, self.layout)
         self.n += batch.batch_size
-        self.c1 += hit1.sum(axis=1)
-        self.c3 += hit3.sum(axis=1)
-        self.nonnull += nonnull.sum(axis=1)
-        self.c1_nonnull += (hit1 & nonnull).sum(axis=1)
-        self.c3_nonnull += (hit3 & nonnull).sum(axis=1)
-        self.chain += int(chain.sum())
-        self.pchain += int(partial.sum())
-        self.pchain_n += int(any_nonnull.sum())
+        self.c1 += hits.top1.sum(axis=1)
+        self.c3 += hits.top3.sum(axis=1)
+        self.nonnull += hits.nonnull.sum(axis=1)
+        self.c1_nonnull += (hits.top1 & hits.nonnull).sum(axis=1)
+        self.c3_nonnull += (hits.top3 & hits.nonnull).sum(axis=1)
+        self.chain += int(hits.chain.sum())
+        self.pchain += int(hits.partial.sum())
+        self.pchain_n += int(hits.any_nonnull.sum())
         self._update_losses(batch)
         self._update_time(batch.time, batch.step)
         for family, (labels, codes) in batch.subsets.items():
             run_codes = self.layout.codes(family, labels, codes)
-            self._update_family(family, run_codes, hit1, hit3, chain, partial, any_nonnull, batch)
-
-    def _hits(self, batch: BatchEvent) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        names = [t.name for t in self.layout.tasks]
-        y = np.stack([batch.targets[t] for t in names])
-        top = [batch.topk[t] for t in names]
-        hit1 = np.stack([top[i][:, 0] == y[i] for i in range(len(names))])
-        hit3 = np.stack([(top[i][:, :3] == y[i][:, None]).any(axis=1) for i in range(len(names))])
-        return hit1, hit3, y != self.layout.null_index[:, None]
+            self._update_family(family, run_codes, hits, batch.sample_losses)
 
     def _update_losses(self, batch: BatchEvent) -> None:
         if batch.losses is not None:
@@ -172,22 +188,20 @@ class Accumulator:
         self.t_max = max(self.t_max, time)
         self.max_step = max(self.max_step, step)
 
-    def _update_family(self, family: str, codes: np.ndarray, hit1: np.ndarray, hit3: np.ndarray,
-                       chain: np.ndarray, partial: np.ndarray, any_nonnull: np.ndarray,
-                       batch: BatchEvent) -> None:
+    def _update_family(self, family: str, codes: np.ndarray, hits: Hits, sample_losses: np.ndarray | None) -> None:
         labels = len(self.layout.families[family])
         tasks = len(self.layout.tasks)
         stats = self.families.setdefault(family, FamilyStats.empty(labels, tasks))
         stats.grow(labels)
         cells = codes[None, :] * tasks + np.arange(tasks)[:, None]
         stats.n += np.bincount(codes, minlength=labels)
-        stats.c1 += np.bincount(cells[hit1], minlength=labels * tasks).reshape(labels, tasks)
-        stats.c3 += np.bincount(cells[hit3], minlength=labels * tasks).reshape(labels, tasks)
-        stats.chain += np.bincount(codes[chain], minlength=labels)
-        stats.pchain += np.bincount(codes[partial], minlength=labels)
-        stats.pchain_n += np.bincount(codes[any_nonnull], minlength=labels)
-        if batch.sample_losses is not None:
-            sums = fixed_sums_by_label(batch.sample_losses, codes, labels)
+        stats.c1 += np.bincount(cells[hits.top1], minlength=labels * tasks).reshape(labels, tasks)
+        stats.c3 += np.bincount(cells[hits.top3], minlength=labels * tasks).reshape(labels, tasks)
+        stats.chain += np.bincount(codes[hits.chain], minlength=labels)
+        stats.pchain += np.bincount(codes[hits.partial], minlength=labels)
+        stats.pchain_n += np.bincount(codes[hits.any_nonnull], minlength=labels)
+        if sample_losses is not None:
+            sums = fixed_sums_by_label(sample_losses, codes, labels)
             stats.loss_fx = [a + b for a, b in zip(stats.loss_fx, sums, strict=True)]
             stats.loss_n += np.bincount(codes, minlength=labels)
 
@@ -290,7 +304,7 @@ def _pct(correct: Any, total: Any) -> float:
 
 
 def _group(family: str | None, label: str | None, n: int, c1: np.ndarray, c3: np.ndarray,
-           chain: int, pchain: int, pchain_n: int, names: list[str]) -> Iterator[tuple[tuple[str | None, str | None, str], float]]:
+           chain: int, pchain: int, pchain_n: int, names: list[str]) -> Iterator[tuple[MetricId, float]]:
     yield (family, label, "chain_accuracy"), _pct(chain, n)
     if pchain_n:
         yield (family, label, "partial_chain_accuracy"), _pct(pchain, pchain_n)
@@ -308,7 +322,8 @@ def _time_in(value: Any, default: float) -> float:
 
 
 def _family_to_dict(stats: FamilyStats) -> dict[str, Any]:
-    out: dict[str, Any] = {k: getattr(stats, k).tolist() for k in ("n", "c1", "c3", "chain", "pchain", "pchain_n", "loss_n")}
+    names = ("n", "c1", "c3", "chain", "pchain", "pchain_n", "loss_n")
+    out: dict[str, Any] = {k: getattr(stats, k).tolist() for k in names}
     out["loss_fx"] = [hex(v) for v in stats.loss_fx]
     return out
 

@@ -58,4 +58,4 @@ class MemorySink:
     def wait_for(self, predicate: Any, timeout_s: float = 10.0) -> bool:
         """Wait until ``predicate(self)`` holds or the deadline passes."""
         with self._cond:
-            return self._cond.wait_for(lambda: predicate(self), timeout=timeout_s)
+            return bool(self._cond.wait_for(lambda: predicate(self), timeout=timeout_s))

@@ -46,7 +46,8 @@ class StoredRun:
 
 def pack(obj: Any) -> bytes:
     """msgpack with bytes kept as bytes."""
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes) -> Any:
@@ -81,7 +82,8 @@ class SqliteStore:
         """Make one command durable; returns its id."""
         body = pack(dict(payload))
         with self._lock:
-            cursor = self._write("INSERT INTO commands (run_id, kind, payload) VALUES (?, ?, ?)", (run_id, command, body))
+            cursor = self._write("INSERT INTO commands (run_id, kind, payload) VALUES (?, ?, ?)",
+                                 (run_id, command, body))
             return int(cursor.lastrowid or 0)
 
     def write_image(self, run_id: str, command_id: int, image: Mapping[str, Any]) -> None:

@@ -61,7 +61,8 @@ def _decode(raw: bytes, content_type: str, settings: Settings) -> tuple[Delivery
     events_raw = obj.get("events")
     if isinstance(events_raw, list) and len(events_raw) > settings.max_events_per_request:
         raise BodyTooLarge(
-            f"events: {len(events_raw)} events exceed the limit of {settings.max_events_per_request} (max_events_per_request)")
+            f"events: {len(events_raw)} events exceed the limit of {settings.max_events_per_request} "
+            "(max_events_per_request)")
     try:
         delivery = Delivery.model_validate({**obj, "events": []})
     except ValidationError as exc:
