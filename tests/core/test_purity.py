@@ -42,3 +42,20 @@ def test_core_doctests_pass() -> None:
         failures += result.failed
         tried += result.attempted
     assert tried > 10 and failures == 0
+
+
+def test_importing_the_core_loads_no_web_or_storage_module() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, service.core.registry, service.core.snapshot; "
+            "print(sorted(m for m in ('httpx', 'fastapi', 'starlette', 'wandb', 'uvicorn', 'sqlite3') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_client_exports_resolve() -> None:
+    import client
+
+    for name in client.__all__:
+        assert getattr(client, name) is not None
