@@ -24,8 +24,8 @@ def add_commands(commands: Any) -> None:
     cmd.set_defaults(func=_validate)
 
 
-def load_config(path: str) -> dict[str, Any]:
-    """Read a YAML (or JSON) training config."""
+def load_yaml_mapping(path: str) -> dict[str, Any]:
+    """Read a YAML (or JSON) file whose top level is a mapping (a training config, a settings file)."""
     import yaml
 
     try:
@@ -38,7 +38,7 @@ def load_config(path: str) -> dict[str, Any]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
+    config = load_yaml_mapping(args.file)
     try:
         schedule = resolve_schedule(config, args.total_steps or 1)
         wandb = resolve_wandb_options(config, args.run_id)

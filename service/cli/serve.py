@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.cli.config import load_yaml_mapping
 from service.cli.errors import CliError
 from service.settings import Settings
 
@@ -45,15 +46,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
 def _file_values(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CliError(f"cannot read --config {path}: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise CliError(f"--config {path}: expected a mapping of settings")
-    return {str(k).lower().replace("-", "_"): v for k, v in loaded.items()}
+    return {str(k).lower().replace("-", "_"): v for k, v in load_yaml_mapping(path).items()}
 
 
 def check_data_dir(path: Path) -> None:

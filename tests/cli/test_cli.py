@@ -97,3 +97,20 @@ def test_queries_against_a_live_server(live_server: LiveServer, tmp_path: Path, 
     assert json.loads(target.read_text())["run_id"] == "cli-run"
     assert main(["show", "nope", "--url", url]) == 2
     assert "404" in capsys.readouterr().err
+
+
+def test_settings_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from service.cli.serve import load_settings
+
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("port: 9001\nmax_runs: 7\nhistory_max_points: 500\n")
+    monkeypatch.setenv("LINNAEUS_METRICS_MAX_RUNS", "9")
+    args = argparse.Namespace(config=str(settings_file), host=None, port=9100, data_dir=str(tmp_path),
+                              auth_tokens=None, log_level=None)
+    settings = load_settings(args)
+    assert (settings.port, settings.max_runs, settings.history_max_points) == (9100, 9, 500)
+    settings_file.write_text("no_such_setting: 1\n")
+    with pytest.raises(Exception, match="no_such_setting"):
+        load_settings(args)
