@@ -33,6 +33,7 @@ from client._errors import (
     InvalidType,
     ServiceUnavailable,
 )
+from client._fastpath import FastBatches
 from client._progress import RankProgress
 from client._records import build_batch, build_scalar, check_int, check_name
 from client._spec import (
@@ -150,6 +151,7 @@ class MetricsClient:
         self._clock = clock
         self._lock = threading.Lock()
         self._progress = RankProgress()
+        self._fast = FastBatches(self.tasks)
         self._closed = False
         self._worker = Worker(self._transport, body, self.rank, worker_config)
         self._worker.start()
@@ -211,12 +213,16 @@ class MetricsClient:
         """
         step, epoch = check_int(step, "step"), check_int(epoch, "epoch")
         phase = check_name(phase, "phase")
-        event = build_batch(
+        now = float(self._clock())
+        event = None
+        if logits is None and sample_losses is None:
+            event = self._fast.build(step, epoch, phase, now, loss, task_losses, targets, topk, subsets)
+        event = event or build_batch(
             self.tasks,
             step=step,
             epoch=epoch,
             phase=phase,
-            time=float(self._clock()),
+            time=now,
             loss=loss,
             task_losses=task_losses,
             targets=targets,

@@ -23,6 +23,7 @@ from typing import cast
 
 import numpy as np
 
+from client._fastpath import encode_labels, raw_label_bytes
 from client._wire import BatchEvent, Event, ScalarEvent
 
 Key = tuple[Hashable, ...]
@@ -64,7 +65,7 @@ def record_nbytes(event: Event) -> int:
     ]
     if event.sample_losses is not None:
         arrays.append(event.sample_losses)
-    return RECORD_OVERHEAD_BYTES + sum(a.nbytes for a in arrays)
+    return RECORD_OVERHEAD_BYTES + sum(a.nbytes for a in arrays) + raw_label_bytes(event.subsets)
 
 
 def record_samples(event: Event) -> int:
@@ -74,6 +75,7 @@ def record_samples(event: Event) -> int:
 
 def merge(parts: Sequence[Event]) -> Event:
     """Merge records that share a coalesce key, in logging order, into one."""
+    parts = [encode_labels(p) for p in parts]
     if len(parts) == 1:
         return parts[0]
     if isinstance(parts[0], BatchEvent):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from client._arrays import class_indices, finite_floats, to_numpy, topk_from_logits
+from client._arrays import class_indices, finite_floats, is_tensor, to_numpy, topk_from_logits
 from client._errors import InvalidRecord, InvalidType, InvalidValue
 from client._wire import (
     MAX_STEP,
@@ -58,6 +58,8 @@ def check_number(value: Any, name: str) -> float:
     """A finite number (Python, numpy or 0-d tensor)."""
     if isinstance(value, bool | str | bytes):
         raise InvalidType(f"{name}: expected a number, got {value!r}")
+    if is_tensor(value):
+        value = value.detach()  # a loss straight after backward() still requires grad
     try:
         number = float(value)
     except (TypeError, ValueError) as exc:

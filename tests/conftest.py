@@ -159,6 +159,15 @@ def stream_events(data: RunData, rank: int) -> list[Event]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _reap_service_processes() -> Any:
+    """No test leaves a service process behind, even when it fails half-way."""
+    yield
+    from tests.e2e.conftest import ServiceProcess
+
+    ServiceProcess.reap()
+
+
 @pytest.fixture
 def run_data() -> RunData:
     return make_run(seed=7)

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -64,7 +64,12 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    """``linnaeus-metrics serve`` as a child process; its log tells when it is up."""
+    """``linnaeus-metrics serve`` as a child process; its log tells when it is up.
+
+    Every process started is killed after its test (``reap``), whatever the test did.
+    """
+
+    alive: ClassVar[set[subprocess.Popen[str]]] = set()
 
     def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None) -> None:
         self.data_dir, self.port = data_dir, port
@@ -80,6 +85,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--log-level", "info"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        ServiceProcess.alive.add(self.proc)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         assert self._up.wait(timeout_s), f"service did not start: {self.log()}"
         assert self.proc.poll() is None, f"service exited: {self.log()}"
@@ -105,6 +111,15 @@ class ServiceProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
+
+    @classmethod
+    def reap(cls) -> None:
+        """Kill whatever a test left running."""
+        for proc in list(cls.alive):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            cls.alive.discard(proc)
 
     def log(self) -> str:
         return "".join(self.lines[-40:])

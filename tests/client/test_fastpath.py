@@ -1,0 +1,70 @@
+"""The fast path builds exactly the record the thorough path builds, and declines everything else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client._fastpath import FastBatches, encode_labels
+from client._records import build_batch
+from client._wire import TaskInfo, encode_event
+
+TASKS = [TaskInfo("a", 5), TaskInfo("b", 2000, 3), TaskInfo("c", 2)]
+
+
+def _inputs(rng: np.random.Generator, size: int) -> dict:
+    return {
+        "targets": {t.name: rng.integers(0, t.num_classes, size) for t in TASKS},
+        "topk": {t.name: rng.integers(0, t.num_classes, (size, min(3, t.num_classes))) for t in TASKS},
+        "subsets": {"rarity": rng.choice(["common", "rare"], size).tolist(), "mask": ["m"] * size},
+        "loss": float(rng.random()), "task_losses": {"a": 0.25, "c": np.float32(0.5)},
+    }
+
+
+def _slow(args: dict) -> dict:
+    event = build_batch(TASKS, step=3, epoch=1, phase="train", time=7.0, logits=None, sample_losses=None, **args)
+    return encode_event(event, binary=True)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fast_equals_thorough(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    fast = FastBatches(TASKS)
+    args = _inputs(rng, int(rng.integers(1, 300)))
+    event = fast.build(3, 1, "train", 7.0, args["loss"], args["task_losses"], args["targets"], args["topk"],
+                       args["subsets"])
+    assert event is not None
+    assert encode_event(encode_labels(event), binary=True) == _slow(args)
+
+
+def test_fast_path_copies_the_callers_buffers() -> None:
+    rng = np.random.default_rng(1)
+    args = _inputs(rng, 8)
+    event = FastBatches(TASKS).build(1, 0, "train", 0.0, None, None, args["targets"], args["topk"], None)
+    assert event is not None
+    before = event.targets["a"].copy(), event.topk["b"].copy()
+    args["targets"]["a"][:] = args["targets"]["a"] + 1
+    args["topk"]["b"][:] = args["topk"]["b"] + 1
+    assert np.array_equal(event.targets["a"], before[0]) and np.array_equal(event.topk["b"], before[1])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda a: a["targets"].update(a=np.array([5, 0, 0, 0])),          # class index == num_classes
+    lambda a: a["topk"].update(b=-a["topk"]["b"] - 1),                 # negative index
+    lambda a: a["targets"].update(a=a["targets"]["a"].astype(float)),  # float indices
+    lambda a: a["targets"].pop("c"),                                   # missing task
+    lambda a: a["topk"].update(x=a["topk"]["a"]),                      # unknown task
+    lambda a: a["topk"].update(a=a["topk"]["a"][:, :2]),               # k < 3
+    lambda a: a["topk"].update(a=a["topk"]["a"][:3]),                  # mismatched lengths
+    lambda a: a.update(loss=float("nan")),
+    lambda a: a.update(task_losses={"zz": 1.0}),
+    lambda a: a["subsets"].update(rarity=["bad label"] * 4),
+    lambda a: a["subsets"].update(null=["x"] * 4),
+    lambda a: a["subsets"].update(rarity=["a"] * 3),
+    lambda a: a["targets"].update(a=a["targets"]["a"].tolist()),      # lists: the thorough path decides
+])
+def test_anything_unusual_is_left_to_the_thorough_path(damage) -> None:  # type: ignore[no-untyped-def]
+    args = _inputs(np.random.default_rng(2), 4)
+    damage(args)
+    assert FastBatches(TASKS).build(1, 0, "train", 0.0, args["loss"], args["task_losses"], args["targets"],
+                                    args["topk"], args["subsets"]) is None
