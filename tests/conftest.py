@@ -159,9 +159,9 @@ def stream_events(data: RunData, rank: int) -> list[Event]:
     return out
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _reap_service_processes() -> Any:
-    """No test leaves a service process behind, even when it fails half-way."""
+    """No test run leaves a service process behind, even when a test fails half-way."""
     yield
     from tests.e2e.conftest import ServiceProcess
 
