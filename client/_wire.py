@@ -44,6 +44,7 @@ MAX_TOPK = 100
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-]{1,128}$")
 SCALAR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-][A-Za-z0-9_.:+=@/-]{0,199}$")
 MAX_STEP = 2**53
+MAX_ARRAY_DIMS = 4
 
 
 class WireError(ValueError):
@@ -147,10 +148,13 @@ def decode_array(obj: Any, name: str, kind: str) -> np.ndarray:
 def _decode_raw(obj: Mapping[str, Any], name: str) -> np.ndarray:
     try:
         dtype = np.dtype(str(obj["dtype"]))
-        shape = tuple(int(d) for d in obj["shape"])
+        raw_shape = list(obj["shape"])
         data = obj["data"]
     except (KeyError, TypeError, ValueError) as exc:
         raise WireError(f"{name}: a binary array needs dtype, shape and data ({exc})") from exc
+    if len(raw_shape) > MAX_ARRAY_DIMS or not all(_is_int(d) for d in raw_shape):
+        raise WireError(f"{name}: shape must be at most {MAX_ARRAY_DIMS} integers, got {raw_shape!r}"[:300])
+    shape = tuple(int(d) for d in raw_shape)
     if dtype.kind not in "iuf" or not isinstance(data, bytes | bytearray):
         raise WireError(f"{name}: unsupported binary array dtype {dtype.str!r}")
     if any(d < 0 for d in shape) or math.prod(shape) * dtype.itemsize != len(data):
@@ -159,27 +163,37 @@ def _decode_raw(obj: Mapping[str, Any], name: str) -> np.ndarray:
 
 
 def _decode_list(obj: list[Any], name: str, kind: str) -> np.ndarray:
-    if any(isinstance(v, bool) for v in _flat(obj)):
+    values = _flat(obj, name)
+    if any(isinstance(v, bool) for v in values):
         raise WireError(f"{name}: booleans are not numbers")
-    try:
-        array = np.asarray(obj, dtype=np.int64 if kind == "int" else np.float64)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise WireError(f"{name}: not a rectangular array of {kind}s ({exc})") from exc
-    if kind == "int" and array.size and not all(isinstance(v, int) for v in _flat(obj)):
+    if kind == "int" and not all(isinstance(v, int) for v in values):
         raise WireError(f"{name}: class indices must be integers")
-    return array
+    if kind == "float" and not all(isinstance(v, int | float) for v in values):
+        raise WireError(f"{name}: expected numbers")
+    try:
+        return np.asarray(obj, dtype=np.int64 if kind == "int" else np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireError(f"{name}: not a rectangular array of {kind}s ({exc})"[:300]) from exc
 
 
-def _flat(obj: Any) -> list[Any]:
-    if isinstance(obj, list):
-        return [v for item in obj for v in _flat(item)]
-    return [obj]
+def _flat(obj: list[Any], name: str) -> list[Any]:
+    """The leaves of nested lists, refusing more than MAX_ARRAY_DIMS levels (no recursion)."""
+    level, leaves = [obj], []
+    for _ in range(MAX_ARRAY_DIMS):
+        lists = [v for v in level if isinstance(v, list)]
+        leaves.extend(v for v in level if not isinstance(v, list))
+        level = [item for sub in lists for item in sub]
+        if not level:
+            return leaves
+    raise WireError(f"{name}: arrays are nested at most {MAX_ARRAY_DIMS} levels deep")
 
 
 def _check_kind(array: np.ndarray, name: str, kind: str) -> np.ndarray:
     if kind == "int":
         if array.dtype.kind not in "iu":
             raise WireError(f"{name}: expected integer class indices, got dtype {array.dtype}")
+        if array.dtype == np.uint64 and array.size and int(array.max()) > np.iinfo(np.int64).max:
+            raise WireError(f"{name}: class index {int(array.max())} out of range")
         return array.astype(np.int64, copy=False)
     if array.dtype.kind not in "iuf":
         raise WireError(f"{name}: expected numbers, got dtype {array.dtype}")
@@ -206,8 +220,9 @@ def unpack_body(data: bytes, content_type: str) -> Any:
         import json
 
         return json.loads(data, parse_constant=_reject_constant)
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise WireError(f"body: malformed {content_type or 'body'} ({exc})") from exc
+    except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError) as exc:
+        raise WireError(f"body: malformed {content_type or 'body'} ({exc})"[:500]) from exc
 
 
 def _reject_constant(token: str) -> Any:

@@ -167,6 +167,8 @@ def _scheduled_scalars(hist, scalars, kind, prefix, interval, last):
     if not interval:
         return
     for fire in range(interval, last + 1, interval):
+        if not any(k == kind and fire - interval < step <= fire for _, k, step, _ in scalars):
+            continue  # nothing reported since the previous firing step: nothing new to log
         latest: dict[tuple[int, str], tuple[int, float]] = {}
         for rank, k, step, values in scalars:
             if k != kind or step > fire:

@@ -80,6 +80,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # the framework could not parse the body (e.g. nested too deeply)
+        return error_response(422, "invalid_body", f"body: {exc.detail}")
     type_ = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}.get(
         exc.status_code, "http_error")
     return error_response(exc.status_code, type_, str(exc.detail))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client._wire import (
+    SCALAR_KINDS,
     TRAIN_PHASE,
     BatchEvent,
     CheckpointEvent,
@@ -89,6 +90,7 @@ class RunState:
         self.watermark = -1
         self.pending: dict[int, StepBucket] = {}
         self.windows = {g: Window(Accumulator(self.layout)) for g in WINDOW_GROUPS}
+        self.since: dict[str, int | None] = {}
         self.epochs: dict[tuple[str, int], Accumulator] = {}
         self.current = {"lr": ScalarTable(), "pipeline": ScalarTable()}
         self.higher_is_better: dict[str, bool] = {}
@@ -188,31 +190,50 @@ class RunState:
     # ------------------------------------------------------------ watermark and schedule
 
     def _advance(self) -> None:
+        """Fold the steps every rank has completed, in step order, firing groups on the way.
+
+        Work is proportional to the steps that hold data, never to the distance covered: a
+        group fires at the first firing step at or after the first data it has not emitted
+        (an empty window or an unchanged scalar has nothing to say).
+        """
         target = min(r.completed for r in self.ranks)
         if target <= self.watermark:
             return
-        steps = {s for s in self.pending if self.watermark < s <= target}
-        for group in FIRE_ORDER:
-            steps.update(self.schedule.firing_steps(group, self.watermark, target))
-        for step in sorted(steps):
+        for step in sorted(s for s in self.pending if self.watermark < s <= target):
+            self._fire_through(step - 1)
             self._fold(step)
-            for group in FIRE_ORDER:
-                if self.schedule.fires(group, step):
-                    self._fire(group, step)
+        self._fire_through(target)
         self.watermark = target
+
+    def _fire_through(self, last: int) -> None:
+        due = []
+        for order, group in enumerate(FIRE_ORDER):
+            first = self.since.get(group)
+            fire_at = None if first is None else self.schedule.next_firing(group, first)
+            if fire_at is not None and fire_at <= last:
+                due.append((fire_at, order, group))
+        for fire_at, _, group in sorted(due):
+            self.since[group] = None
+            self._fire(group, fire_at)
 
     def _fold(self, step: int) -> None:
         bucket = self.pending.pop(step, None)
         if bucket is None:
             return
         if bucket.acc is not None:
-            for window in self.windows.values():
+            for group, window in self.windows.items():
                 window.acc.merge(bucket.acc)
+                self._mark(group, step)
         for kind, table in bucket.scalars.items():
             if kind in self.current:
                 self.current[kind].update(table)
+                self._mark(kind, step)
             else:
                 self._emit_scalars(kind, step, table)
+
+    def _mark(self, group: str, step: int) -> None:
+        if self.since.get(group) is None:
+            self.since[group] = step
 
     def _fire(self, group: str, step: int) -> None:
         if group in self.current:
@@ -321,12 +342,10 @@ class RunState:
             rank.completed = max(rank.completed, top)
         self._advance()
         last = max(self.watermark, 0)
-        for group, window in (("step", "step"), ("wandb", None), ("console", "step")):
-            if self.schedule.intervals[group] and not self.schedule.fires(group, last):
-                if window is None:
-                    self._fire_wandb(last)
-                else:
-                    self._fire_window(group, last, window, global_only=group == "console")
+        for group in WINDOW_GROUPS:  # the windows still open close at the last step
+            if self.since.get(group) is not None and self.schedule.intervals[group]:
+                self.since[group] = None
+                self._fire(group, last)
         for (phase, _), acc in sorted(self.epochs.items()):
             if acc.n:
                 self._emit_epoch(phase, acc)
@@ -337,6 +356,8 @@ class RunState:
     # ------------------------------------------------------------ output
 
     def _emit(self, step: int, group: str, values: dict[str, float]) -> None:
+        # a rate over a (client-reported) near-zero time span can overflow: report nothing rather than inf
+        values = {k: v for k, v in values.items() if math.isfinite(v)}
         emission = Emission(self.spec.run_id, step, group, values)
         if group != "console":
             self.book.record(step, values)
@@ -364,6 +385,7 @@ class RunState:
             "watermark": self.watermark,
             "pending": [[step, None if b.acc is None else b.acc.to_dict(),
                          {k: t.to_dict() for k, t in b.scalars.items()}] for step, b in sorted(self.pending.items())],
+            "since": dict(self.since),
             "windows": {g: {"acc": w.acc.to_dict(), "last_fire": w.last_fire,
                             "prev_t_max": w.prev_t_max if math.isfinite(w.prev_t_max) else None}
                         for g, w in self.windows.items()},
@@ -393,6 +415,7 @@ class RunState:
         state.pending = {int(step): StepBucket(None if acc is None else Accumulator.from_dict(layout, acc),
                                                {k: ScalarTable(_ranks_in(t)) for k, t in scalars.items()})
                          for step, acc, scalars in data["pending"]}
+        state.since = {str(g): None if s is None else int(s) for g, s in data["since"].items()}
         state.windows = {g: Window(Accumulator.from_dict(layout, w["acc"]), int(w["last_fire"]),
                                    -math.inf if w["prev_t_max"] is None else float(w["prev_t_max"]))
                          for g, w in data["windows"].items()}
@@ -402,7 +425,24 @@ class RunState:
         state.book = MetricsBook.from_dict(data["book"])
         state.finished = bool(data["finished"])
         state._load_internal(data.get("internal"))
+        state._check()
         return state
+
+    def _check(self) -> None:
+        """Raise ValueError unless the state fits its spec (states may come from outside)."""
+        if len(self.ranks) != self.spec.world_size or len(self.accepted) != self.spec.world_size:
+            raise ValueError(f"ranks: expected {self.spec.world_size} ranks, got {len(self.ranks)}")
+        if set(self.windows) != set(WINDOW_GROUPS) or not set(self.since) <= set(FIRE_ORDER):
+            raise ValueError("windows: unknown or missing window groups")
+        if not set(self.current) <= {"lr", "pipeline"}:
+            raise ValueError(f"current: unknown scalar kinds {sorted(self.current)}")
+        for step, bucket in self.pending.items():
+            if not set(bucket.scalars) <= set(SCALAR_KINDS):
+                raise ValueError(f"pending step {step}: unknown scalar kinds {sorted(bucket.scalars)}")
+        accumulators = [w.acc for w in self.windows.values()] + list(self.epochs.values())
+        accumulators += [b.acc for b in self.pending.values() if b.acc is not None]
+        for acc in accumulators:
+            acc.check()
 
     def _load_internal(self, internal: Mapping[str, Any] | None) -> None:
         if internal is None:

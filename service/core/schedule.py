@@ -5,11 +5,13 @@
 (10, 25, 0)
 >>> s.fires("wandb", 50), s.fires("wandb", 60), s.fires("lr", 10)
 (True, False, False)
+>>> s.next_firing("step", 11), s.next_firing("step", 20), s.next_firing("lr", 3)
+(20, 20, None)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +32,12 @@ class Schedule:
         interval = self.intervals[group]
         return interval > 0 and step % interval == 0
 
-    def firing_steps(self, group: str, after: int, through: int) -> Iterator[int]:
-        """Steps in ``(after, through]`` at which ``group`` fires, ascending."""
+    def next_firing(self, group: str, step: int) -> int | None:
+        """The first step at or after ``step`` at which ``group`` fires (None: disabled)."""
         interval = self.intervals[group]
-        if interval <= 0 or through <= after:
-            return iter(())
-        first = (after // interval + 1) * interval
-        return iter(range(first, through + 1, interval))
+        if interval <= 0:
+            return None
+        return -(-step // interval) * interval
 
 
 def metrics_section(config: Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from client._wire import WireError
 from service.core.errors import IncompatibleState, SnapshotVersionMismatch
 from service.core.run import RunState
 from service.core.spec import RunSpec
@@ -52,12 +53,16 @@ def open_snapshot(snapshot: Any, spec: RunSpec) -> RunState:
         raise IncompatibleState(f"snapshot.run_id: snapshot of run {snapshot.get('run_id')!r}, not {spec.run_id!r}")
     if snapshot.get("spec") != spec.to_dict():
         raise IncompatibleState(f"snapshot.spec: the snapshot's run spec differs from run {spec.run_id!r}'s")
-    if _digest({"spec": snapshot["spec"], "state": snapshot.get("state")}) != snapshot.get("snapshot_id"):
+    try:
+        digest = _digest({"spec": snapshot["spec"], "state": snapshot.get("state")})
+    except (TypeError, ValueError) as exc:  # NaN or infinities: never written by this service
+        raise IncompatibleState(f"snapshot.state: not a snapshot this service wrote ({exc})") from exc
+    if digest != snapshot.get("snapshot_id"):
         raise IncompatibleState("snapshot.snapshot_id: the snapshot is damaged (its digest does not match)")
     try:
         return RunState.from_dict(spec, snapshot["state"])
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise IncompatibleState(f"snapshot.state: cannot be read ({type(exc).__name__}: {exc})") from exc
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, WireError) as exc:
+        raise IncompatibleState(f"snapshot.state: cannot be read ({type(exc).__name__}: {exc})"[:500]) from exc
 
 
 def _digest(body: Mapping[str, Any]) -> str:

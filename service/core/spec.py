@@ -15,6 +15,7 @@ from service.core.schedule import Schedule, resolve_schedule
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_CLASSES = 2**31 - 1
 MAX_WORLD_SIZE = 65_536
+MAX_CONFIG_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -132,4 +133,16 @@ def _config(raw: Any) -> dict[str, Any]:
         return {}
     if not isinstance(raw, Mapping):
         raise InvalidInput(f"config: expected an object, got {type(raw).__name__}")
+    if _depth(raw) > MAX_CONFIG_DEPTH:
+        raise InvalidInput(f"config: nested deeper than {MAX_CONFIG_DEPTH} levels")
     return without_secrets(raw)  # an API key is never stored, served or forwarded
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of dicts and lists, measured without recursion."""
+    depth, level = 0, [value]
+    while level and depth <= MAX_CONFIG_DEPTH:
+        depth += 1
+        level = [v for item in level if isinstance(item, Mapping | list)
+                 for v in (item.values() if isinstance(item, Mapping) else item)]
+    return depth

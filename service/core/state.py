@@ -218,6 +218,22 @@ class Accumulator:
             mine = self.families.setdefault(family, FamilyStats.empty(0, len(self.layout.tasks)))
             mine.merge(stats)
 
+    def check(self) -> None:
+        """Raise ValueError unless every array fits the layout (for states read from outside)."""
+        tasks = len(self.layout.tasks)
+        for name in ("c1", "c3", "nonnull", "c1_nonnull", "c3_nonnull"):
+            if getattr(self, name).shape != (tasks,):
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected ({tasks},)")
+        if len(self.task_loss_n) != tasks or len(self.task_loss_fx) != tasks:
+            raise ValueError(f"task losses must have {tasks} entries")
+        for family, stats in self.families.items():
+            labels = len(self.layout.families.get(family, ()))
+            sizes = {stats.n.shape, stats.chain.shape, stats.pchain.shape, stats.pchain_n.shape, stats.loss_n.shape}
+            if len(sizes) != 1 or stats.n.shape[0] > labels or len(stats.loss_fx) != stats.n.shape[0]:
+                raise ValueError(f"family {family!r}: arrays do not match its {labels} labels")
+            if stats.c1.shape != (stats.n.shape[0], tasks) or stats.c3.shape != stats.c1.shape:
+                raise ValueError(f"family {family!r}: per-task counts have the wrong shape")
+
     def copy(self) -> Accumulator:
         """An independent copy."""
         return Accumulator.from_dict(self.layout, self.to_dict())
@@ -286,17 +302,19 @@ class Accumulator:
     @classmethod
     def from_dict(cls, layout: Layout, data: Mapping[str, Any]) -> Accumulator:
         """Inverse of ``to_dict``."""
-        arrays = {k: np.array(data[k], dtype=np.int64) for k in ("c1", "c3", "nonnull", "c1_nonnull", "c3_nonnull")}
-        return cls(
+        acc = cls(
             layout=layout, n=int(data["n"]), loss_n=int(data["loss_n"]), loss_fx=int(data["loss_fx"], 16),
-            task_loss_n=[int(v) for v in data["task_loss_n"]],
-            task_loss_fx=[int(v, 16) for v in data["task_loss_fx"]],
             chain=int(data["chain"]), pchain=int(data["pchain"]), pchain_n=int(data["pchain_n"]),
             t_min=_time_in(data["t_min"], math.inf), t_max=_time_in(data["t_max"], -math.inf),
             max_step=int(data["max_step"]),
             families={f: _family_from_dict(v) for f, v in data["families"].items()},
-            **arrays,
         )
+        # set after construction: __post_init__ sizes empty arrays, these must keep their own shape
+        for name in ("c1", "c3", "nonnull", "c1_nonnull", "c3_nonnull"):
+            setattr(acc, name, np.array(data[name], dtype=np.int64))
+        acc.task_loss_n = [int(v) for v in data["task_loss_n"]]
+        acc.task_loss_fx = [int(v, 16) for v in data["task_loss_fx"]]
+        return acc
 
 
 def _pct(correct: Any, total: Any) -> float:

@@ -161,3 +161,34 @@ def test_bad_snapshots_are_refused_and_change_nothing() -> None:
         with pytest.raises(error, match=needle):
             registry.restore("r", rank.session, snapshot)
     assert registry.snapshot("r") == before
+
+
+def _redigest(snapshot: dict) -> dict:
+    from service.core.snapshot import _digest
+
+    return {**snapshot, "snapshot_id": _digest({"spec": snapshot["spec"], "state": snapshot["state"]})}
+
+
+@pytest.mark.parametrize("damage", [
+    lambda st: st.update(ranks=st["ranks"][:1]),
+    lambda st: st["book"].update(latest=[]),
+    lambda st: st["windows"]["step"]["acc"].update(c1=[1, 2]),
+    lambda st: st.update(layout=[]),
+    lambda st: st["windows"].pop("console"),
+    lambda st: st.update(pending=[[1, None, {"bogus": {}}]]),
+    lambda st: st["epochs"].append(["train", 0, {"n": "x"}]),
+])
+def test_snapshots_with_a_valid_digest_but_a_bad_state_are_refused(damage) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    data = make_run(12, world_size=2, steps_per_epoch=4, epochs=1)
+    registry = RunRegistry()
+    registry.create_run(data.spec("r", METRICS))
+    rank = Rank(registry, 0)
+    rank.send(_split(data, 0, 2)[0])
+    bad = copy.deepcopy(registry.snapshot("r"))
+    damage(bad["state"])
+    before = registry.snapshot("r")
+    with pytest.raises(IncompatibleState):
+        registry.restore("r", rank.session, _redigest(bad))
+    assert registry.snapshot("r") == before

@@ -149,3 +149,25 @@ def test_newer_session_fences_older() -> None:
         registry.ingest("r", old, 0, stream_events(data, 1)[:1])
     with pytest.raises(UnknownSession):
         registry.ingest("r", "nope", 0, [])
+
+
+def test_sparse_scalars_fire_once_after_new_values_and_match_the_reference() -> None:
+    data = make_run(81, world_size=2, steps_per_epoch=9, epochs=1)
+    data.scalars = [s for s in data.scalars if s[1] != "lr" or s[2] % 5 == 0]  # lr only every 5 steps
+    registry, _ = _deliver(data, "interleaved", 81)
+    want = expected_history(data.recs, data.tasks, INTERVALS, data.scalars, data.last_step)
+    assert [s for s, _ in want["train/lr/backbone"]] == [6]  # lr reported at 5: fires at 6 only (not at 8)
+    assert _history(registry) == want
+
+
+@pytest.mark.timeout(10)  # work must not grow with the distance to a huge step
+def test_a_huge_step_costs_nothing_and_emits_once() -> None:
+    data = make_run(91, world_size=1, steps_per_epoch=3, epochs=1)
+    registry = RunRegistry()
+    registry.create_run(data.spec("r", {"STEP_INTERVAL": 1, "LR_INTERVAL": 1}))
+    session = registry.open_session("r", 0)["session"]
+    train = [e for e in stream_events(data, 0) if getattr(e, "phase", "train") == "train"][:4]
+    registry.ingest("r", session, 0, [*train, ScalarEvent("lr", 2**53 - 1, 0.0, {"x": 1.0}), CompleteEvent(2**53)])
+    registry.finish("r")
+    lr = registry.history("r", ["train/lr/x"], None, None)["series"]["train/lr/x"]
+    assert lr["steps"] == [2**53 - 1]

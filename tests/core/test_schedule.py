@@ -59,6 +59,5 @@ def test_bad_values_are_rejected(metrics: dict) -> None:
 def test_firing_steps_include_step_zero_and_last_step() -> None:
     s = resolve_schedule({"METRICS": {"STEP_INTERVAL": 4}}, 12)
     assert s.fires("step", 0) and s.fires("step", 12) and not s.fires("step", 13)
-    assert list(s.firing_steps("step", -1, 12)) == [0, 4, 8, 12]
-    assert list(s.firing_steps("step", 4, 11)) == [8]
-    assert list(s.firing_steps("step", 12, 12)) == []
+    assert [s.next_firing("step", k) for k in (0, 1, 4, 5, 12, 13)] == [0, 4, 4, 8, 12, 16]
+    assert s.next_firing("lr", 5) is None

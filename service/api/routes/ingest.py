@@ -32,7 +32,7 @@ async def open_session(run_id: str, body: SessionCreate, registry: RegistryDep) 
 @router.post("/events", response_model=Ack, openapi_extra=_BODY_DOC)
 async def post_events(run_id: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> dict[str, int]:
     """Deliver events exactly once; the reply acknowledges them as durable."""
-    registry.get(run_id)
+    registry.get(run_id)  # a dict lookup, no lock: refuse unknown runs before reading the body
     raw = await read_body(request, settings.max_body_bytes)
     delivery, events = await to_thread.run_sync(_decode, raw, request.headers.get("content-type", JSON_TYPE), settings)
     return await to_thread.run_sync(registry.ingest, run_id, delivery.session, delivery.seq, events)

@@ -1,9 +1,14 @@
-"""Reading metrics: latest values, history, summary."""
+"""Reading metrics: latest values, history, summary.
+
+Reads take the run's lock, which an ingest may hold for a moment: they run in worker
+threads so that a busy run never stalls the event loop (and every other run with it).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Query
 
 from service.api.deps import RegistryDep
@@ -15,7 +20,7 @@ router = APIRouter(prefix="/v1/runs/{run_id}", tags=["metrics"], responses=ERROR
 @router.get("/metrics")
 async def latest_metrics(run_id: str, registry: RegistryDep) -> dict[str, Any]:
     """Latest value of every key: ``{"run_id", "step", "metrics": {key: {"value", "step"}}}``."""
-    return registry.metrics(run_id)
+    return await to_thread.run_sync(registry.metrics, run_id)
 
 
 @router.get("/history")
@@ -28,10 +33,10 @@ async def history(
 ) -> dict[str, Any]:
     """Series of the requested keys: ``{"series": {key: {"steps", "values"}}}``."""
     wanted = [k for k in keys.split(",") if k] if keys is not None else None
-    return registry.history(run_id, wanted, since_step, max_points)
+    return await to_thread.run_sync(registry.history, run_id, wanted, since_step, max_points)
 
 
 @router.get("/summary")
 async def summary(run_id: str, registry: RegistryDep) -> dict[str, Any]:
     """Best values so far; the final ones once the run is finished."""
-    return registry.summary(run_id)
+    return await to_thread.run_sync(registry.summary, run_id)

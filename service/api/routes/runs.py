@@ -25,13 +25,13 @@ async def create_run(body: RunCreate, registry: RegistryDep, response: Response)
 @router.get("")
 async def list_runs(registry: RegistryDep) -> dict[str, Any]:
     """Every run with its status."""
-    return {"runs": registry.list_runs()}
+    return {"runs": await to_thread.run_sync(registry.list_runs)}
 
 
 @router.get("/{run_id}")
 async def show_run(run_id: str, registry: RegistryDep) -> dict[str, Any]:
     """A run's spec, status, per-rank watermarks, counters and sink status."""
-    return registry.info(run_id)
+    return await to_thread.run_sync(registry.info, run_id)
 
 
 @router.delete("/{run_id}")

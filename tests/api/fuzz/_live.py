@@ -53,9 +53,15 @@ def live_service(settings: Settings, sinks: Sequence[Sink] = ()) -> Iterator[Liv
         assert not thread.is_alive(), "uvicorn did not stop"
 
 
+LISTING = "/v1/runs"
+
+
 def fingerprint(client: httpx.Client, run_ids: Sequence[str], listing: bool = True) -> dict[str, Any]:
-    """Everything a reader can see of the service's runs: list, and each run's info and data."""
-    out: dict[str, Any] = {"runs": _get(client, "/v1/runs")} if listing else {}
+    """Everything a reader can see of the service's runs: list, and each run's info and data.
+
+    Keys: ``LISTING`` for the list (no run id contains a slash), then each run id.
+    """
+    out: dict[str, Any] = {LISTING: _get(client, LISTING)} if listing else {}
     for run_id in dict.fromkeys(run_ids):
         base = f"/v1/runs/{run_id}"
         out[run_id] = {part: _get(client, base + part)
