@@ -178,7 +178,8 @@ def _decode_list(obj: list[Any], name: str, kind: str) -> np.ndarray:
 
 def _flat(obj: list[Any], name: str) -> list[Any]:
     """The leaves of nested lists, refusing more than MAX_ARRAY_DIMS levels (no recursion)."""
-    level, leaves = [obj], []
+    level: list[Any] = [obj]
+    leaves: list[Any] = []
     for _ in range(MAX_ARRAY_DIMS):
         lists = [v for v in level if isinstance(v, list)]
         leaves.extend(v for v in level if not isinstance(v, list))
