@@ -7,7 +7,10 @@ since the last compaction are merged (``client._coalesce``: lossless); else the 
 dropped and never refused: they are rare and the service's bookkeeping depends on them.
 
 Merging is lazy: an entry keeps its parts and ``take`` hands them out, so the caller
-builds the merged record outside its lock. Not thread-safe: the worker holds its lock.
+builds the merged record outside its lock. Keys are lazy too: while the queue has room
+(the normal case) ``put`` only appends; the first time it is full, every queued record's
+key is computed and the index is kept until the queue drains. Not thread-safe: the worker
+holds its lock.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from client._coalesce import Key, coalesce_key, record_nbytes, record_samples
-from client._wire import Event
+from client._wire import BatchEvent, Event, ScalarEvent
 
 MAX_RECORD_BYTES = 4 * 2**20
 MAX_RECORD_SAMPLES = 16_384  # well under the service's default limit per record (65,536)
@@ -24,10 +27,12 @@ MAX_RECORD_SAMPLES = 16_384  # well under the service's default limit per record
 
 @dataclass(eq=False)
 class _Entry:
-    key: Key | None
     nbytes: int
     samples: int
     parts: list[Event] = field(default_factory=list)
+    barrier: int = 0  # control records queued before this one (records never merge across one)
+    control: bool = False
+    key: Key | None = None  # computed once the queue is indexed
     alive: bool = True
 
     def can_take(self, nbytes: int, samples: int, max_bytes: int) -> bool:
@@ -47,6 +52,8 @@ class Admission:
     dropped: int = 0
 
 
+_ADMITTED = Admission()
+
 class EventQueue:
     """A FIFO of at most ``max_items`` records (merged records count once).
 
@@ -64,6 +71,7 @@ class EventQueue:
         self._entries: deque[_Entry] = deque()
         self._by_key: dict[Key, list[_Entry]] = {}
         self._dirty: set[Key] = set()
+        self._indexed = False
         self._live = 0
         self._records = 0
         self._barriers = 0
@@ -78,12 +86,11 @@ class EventQueue:
 
     def put(self, event: Event) -> Admission:
         """Queue ``event``, merging or dropping data records when full."""
-        key = coalesce_key(event, self._barriers)
-        if key is None:
-            self._barriers += 1
         if self._live < self.max_items:
-            self._append(key, event)
-            return Admission()
+            self._append(event)
+            return _ADMITTED
+        self._index()
+        key = coalesce_key(event, self._barriers)
         if key is not None and self._absorb(key, event):
             return Admission(coalesced=1)
         coalesced = self._compact()
@@ -92,7 +99,7 @@ class EventQueue:
             dropped = self._drop_oldest_data()
             if not dropped and key is not None:
                 return Admission(coalesced, dropped=1)  # only control records queued
-        self._append(key, event)
+        self._append(event)
         return Admission(coalesced, dropped)
 
     def take(self, max_events: int, max_bytes: int) -> list[list[Event]]:
@@ -116,16 +123,34 @@ class EventQueue:
         self._reset()
         return dropped
 
-    def _append(self, key: Key | None, event: Event) -> None:
-        entry = _Entry(key, record_nbytes(event), record_samples(event), [event])
+    def _append(self, event: Event) -> None:
+        control = not isinstance(event, BatchEvent | ScalarEvent)
+        entry = _Entry(record_nbytes(event), record_samples(event), [event], self._barriers, control)
+        self._barriers += control
         self._entries.append(entry)
         self._live += 1
         self._records += 1
-        if key is not None:
-            same = self._by_key.setdefault(key, [])
-            if same:
-                self._dirty.add(key)
-            same.append(entry)
+        if self._indexed:
+            self._link(entry)
+
+    def _index(self) -> None:
+        """Compute the keys of every queued record (once, when the queue first fills up)."""
+        if self._indexed:
+            return
+        self._indexed = True
+        for entry in self._entries:
+            if entry.alive:
+                self._link(entry)
+
+    def _link(self, entry: _Entry) -> None:
+        if entry.control:
+            return
+        entry.key = coalesce_key(entry.parts[0], entry.barrier)
+        assert entry.key is not None
+        same = self._by_key.setdefault(entry.key, [])
+        if same:
+            self._dirty.add(entry.key)
+        same.append(entry)
 
     def _absorb(self, key: Key, event: Event) -> bool:
         same = self._by_key.get(key)
@@ -162,7 +187,7 @@ class EventQueue:
 
     def _drop_oldest_data(self) -> int:
         for entry in self._entries:
-            if entry.alive and entry.key is not None:
+            if entry.alive and not entry.control:
                 entry.alive = False
                 self._forget(entry)
                 return len(entry.parts)
@@ -172,7 +197,11 @@ class EventQueue:
         """Unlink a live entry that leaves the queue (it is the oldest of its key)."""
         self._live -= 1
         self._records -= len(entry.parts)
-        if entry.key is None:
+        if not self._live:  # drained: back to plain appends
+            self._by_key.clear()
+            self._dirty.clear()
+            self._indexed = False
+        if entry.key is None or not self._indexed:
             return
         same = self._by_key[entry.key]
         same.remove(entry)
