@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from client._wire import Event, decode_event, encode_event
+from client._wire import Event, decode_event, decode_events, encode_event, unpack_body
 from service.core.emission import Sink
 from service.core.errors import LimitExceeded, RunConflict, UnknownRun
 from service.core.run import RunState
@@ -159,12 +159,16 @@ class RunRegistry:
             self._after(run)
         return {"session": session_id, "rank": rank, "next_seq": 0}
 
-    def ingest(self, run_id: str, session_id: str, seq: int, events: Sequence[Event]) -> dict[str, int]:
-        """Apply a delivery exactly once; returns ``{"acked_seq", "applied", "ignored"}``."""
+    def ingest(self, run_id: str, session_id: str, seq: int, events: Sequence[Event],
+               body: tuple[bytes, str] | None = None) -> dict[str, int]:
+        """Apply a delivery exactly once; returns ``{"acked_seq", "applied", "ignored"}``.
+
+        ``body`` is the request as received (bytes, content type): the journal keeps it as
+        it is rather than encoding the decoded events again.
+        """
         run = self.get(run_id)
         with run.lock:
-            commit = self._commit(run, "events", lambda: {
-                "session": session_id, "seq": seq, "events": [encode_event(e, binary=True) for e in events]})
+            commit = self._commit(run, "events", lambda: _journal_events(session_id, seq, events, body))
             reply = run.deliver(session_id, seq, events, commit)
             self._after(run)
             return reply
@@ -288,7 +292,10 @@ class RunRegistry:
         if kind == "session":
             run.open_session(int(payload["rank"]), str(payload["session"]))
         elif kind == "events":
-            events = [decode_event(e) for e in payload["events"]]
+            if "body" in payload:
+                events = decode_events(unpack_body(payload["body"], payload["content_type"])["events"])
+            else:
+                events = [decode_event(e) for e in payload["events"]]
             run.deliver(str(payload["session"]), int(payload["seq"]), events)
         elif kind == "restore":
             run.restore(str(payload["session"]), payload["snapshot"])
@@ -344,6 +351,13 @@ class RunRegistry:
         run = self.get(run_id)
         with run.lock:
             return {"run_id": run_id, "finished": run.state.finished, "summary": run.state.book.best_values()}
+
+
+def _journal_events(session_id: str, seq: int, events: Sequence[Event],
+                    body: tuple[bytes, str] | None) -> dict[str, Any]:
+    if body is not None:
+        return {"session": session_id, "seq": seq, "body": body[0], "content_type": body[1]}
+    return {"session": session_id, "seq": seq, "events": [encode_event(e, binary=True) for e in events]}
 
 
 def _short_info(run: Run) -> dict[str, Any]:

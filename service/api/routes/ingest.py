@@ -34,8 +34,10 @@ async def post_events(run_id: str, request: Request, registry: RegistryDep, sett
     """Deliver events exactly once; the reply acknowledges them as durable."""
     registry.get(run_id)  # a dict lookup, no lock: refuse unknown runs before reading the body
     raw = await read_body(request, settings.max_body_bytes)
-    delivery, events = await to_thread.run_sync(_decode, raw, request.headers.get("content-type", JSON_TYPE), settings)
-    return await to_thread.run_sync(registry.ingest, run_id, delivery.session, delivery.seq, events)
+    content_type = request.headers.get("content-type", JSON_TYPE)
+    delivery, events = await to_thread.run_sync(_decode, raw, content_type, settings)
+    return await to_thread.run_sync(registry.ingest, run_id, delivery.session, delivery.seq, events,
+                                    (raw, content_type))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
