@@ -114,12 +114,19 @@ class FamilyStats:
         self.loss_fx = self.loss_fx + [0] * extra
 
     def merge(self, other: FamilyStats) -> None:
-        """Add ``other`` in place."""
+        """Add ``other`` in place (``other`` may know fewer labels, never more after growing)."""
         self.grow(other.n.shape[0])
-        other.grow(self.n.shape[0])
-        for name in ("n", "c1", "c3", "chain", "pchain", "pchain_n", "loss_n"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.loss_fx = [a + b for a, b in zip(self.loss_fx, other.loss_fx, strict=True)]
+        size = other.n.shape[0]  # labels are append-only: other's codes are a prefix of ours
+        self.n[:size] += other.n
+        self.c1[:size] += other.c1
+        self.c3[:size] += other.c3
+        self.chain[:size] += other.chain
+        self.pchain[:size] += other.pchain
+        self.pchain_n[:size] += other.pchain_n
+        self.loss_n[:size] += other.loss_n
+        if any(other.loss_fx):
+            self.loss_fx = [a + b for a, b in zip(self.loss_fx, other.loss_fx + [0] * (len(self.loss_fx) - size),
+                                                  strict=True)]
 
 
 @dataclass
@@ -191,7 +198,9 @@ class Accumulator:
     def _update_family(self, family: str, codes: np.ndarray, hits: Hits, sample_losses: np.ndarray | None) -> None:
         labels = len(self.layout.families[family])
         tasks = len(self.layout.tasks)
-        stats = self.families.setdefault(family, FamilyStats.empty(labels, tasks))
+        stats = self.families.get(family)
+        if stats is None:
+            stats = self.families[family] = FamilyStats.empty(labels, tasks)
         stats.grow(labels)
         cells = codes[None, :] * tasks + np.arange(tasks)[:, None]
         stats.n += np.bincount(codes, minlength=labels)
@@ -206,16 +215,26 @@ class Accumulator:
             stats.loss_n += np.bincount(codes, minlength=labels)
 
     def merge(self, other: Accumulator) -> None:
-        """Add another accumulator of the same run in place."""
-        for name in ("n", "loss_n", "loss_fx", "chain", "pchain", "pchain_n",
-                     "c1", "c3", "nonnull", "c1_nonnull", "c3_nonnull"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        """Add another accumulator of the same run in place (its arrays are only read)."""
+        self.n += other.n
+        self.loss_n += other.loss_n
+        self.loss_fx += other.loss_fx
+        self.chain += other.chain
+        self.pchain += other.pchain
+        self.pchain_n += other.pchain_n
+        self.c1 += other.c1
+        self.c3 += other.c3
+        self.nonnull += other.nonnull
+        self.c1_nonnull += other.c1_nonnull
+        self.c3_nonnull += other.c3_nonnull
         self.task_loss_n = [a + b for a, b in zip(self.task_loss_n, other.task_loss_n, strict=True)]
         self.task_loss_fx = [a + b for a, b in zip(self.task_loss_fx, other.task_loss_fx, strict=True)]
         self.t_min, self.t_max = min(self.t_min, other.t_min), max(self.t_max, other.t_max)
         self.max_step = max(self.max_step, other.max_step)
         for family, stats in other.families.items():
-            mine = self.families.setdefault(family, FamilyStats.empty(0, len(self.layout.tasks)))
+            mine = self.families.get(family)
+            if mine is None:
+                mine = self.families[family] = FamilyStats.empty(stats.n.shape[0], len(self.layout.tasks))
             mine.merge(stats)
 
     def check(self) -> None:
