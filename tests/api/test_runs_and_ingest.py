@@ -210,3 +210,20 @@ async def test_disk_full_is_503_not_ready_then_ready_again(tmp_path: Any) -> Non
         db.execute("PRAGMA max_page_count = 1073741823")
         assert (await api.get("/readyz")).status_code == 200
         assert (await _post_events(api, "r", session, 0, events, True)).json()["acked_seq"] == len(events)
+
+
+async def test_snapshot_and_restore_over_http(api: httpx.AsyncClient) -> None:
+    data = make_run(9, world_size=1, steps_per_epoch=4, epochs=1)
+    await api.post("/v1/runs", json=data.spec("r", METRICS))
+    session = (await api.post("/v1/runs/r/sessions", json={"rank": 0})).json()["session"]
+    await _post_events(api, "r", session, 0, stream_events(data, 0)[:5], True)
+    snapshot = (await api.get("/v1/runs/r/snapshot")).json()
+    unknown = await api.post("/v1/runs/ghost/restore", json={"session": session, "snapshot": snapshot})
+    assert unknown.status_code == 404 and unknown.json()["type"] == "unknown_run"
+    wrong = await api.post("/v1/runs/r/restore", json={"session": session, "snapshot": {**snapshot, "version": 2}})
+    assert wrong.status_code == 422 and wrong.json()["type"] == "snapshot_version_mismatch"
+    restored = await api.post("/v1/runs/r/restore", json={"session": session, "snapshot": snapshot})
+    assert restored.status_code == 200 and restored.json()["cut"] == snapshot["cut"]
+    assert (await api.get("/v1/runs/r/snapshot")).json() == snapshot
+    pending = await api.get("/v1/runs/r/checkpoints/never", params={"wait_s": 0})
+    assert pending.status_code == 408 and pending.json()["missing_ranks"] == [0]
