@@ -110,6 +110,8 @@ class FastBatches:
             return None
         out = {}
         for family, labels in subsets.items():
+            if type(labels) is np.ndarray and labels.dtype.kind == "U" and labels.ndim == 1:
+                labels = labels.tolist()  # numpy str arrays: str objects once, then as a list
             if type(labels) is not list or len(labels) != size or not self._known(family, labels):
                 return None
             out[family] = (list(labels), RAW_CODES)
@@ -153,7 +155,10 @@ def encode_labels(event: Event) -> Event:
             if codes is RAW_CODES:
                 vocabulary = sorted(set(labels))
                 index = {label: i for i, label in enumerate(vocabulary)}
-                encoded = np.fromiter(map(index.__getitem__, labels), dtype=np.int64, count=len(labels))
+                if len(vocabulary) <= 256:  # one byte a sample (the usual case: a few labels)
+                    encoded = np.frombuffer(bytes(map(index.__getitem__, labels)), dtype=np.uint8)
+                else:
+                    encoded = np.fromiter(map(index.__getitem__, labels), dtype=np.int32, count=len(labels))
                 event.subsets[family] = (vocabulary, encoded)
     return event
 

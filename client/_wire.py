@@ -267,7 +267,8 @@ def _encode_batch(event: BatchEvent, binary: bool) -> dict[str, Any]:
 
 def _encode_labels(labels: list[str], codes: np.ndarray, binary: bool) -> Any:
     if binary:
-        return {"labels": labels, "codes": encode_array(codes.astype(np.int32), True)}
+        small = codes.dtype == np.uint8 or (len(labels) <= 256 and codes.dtype.kind in "iu")
+        return {"labels": labels, "codes": encode_array(codes.astype(np.uint8 if small else np.int32), True)}
     return [labels[c] for c in codes.tolist()]
 
 

@@ -68,3 +68,13 @@ def test_anything_unusual_is_left_to_the_thorough_path(damage) -> None:  # type:
     damage(args)
     assert FastBatches(TASKS).build(1, 0, "train", 0.0, args["loss"], args["task_losses"], args["targets"],
                                     args["topk"], args["subsets"]) is None
+
+
+def test_numpy_label_arrays_take_the_fast_path_and_equal_the_thorough_one() -> None:
+    rng = np.random.default_rng(9)
+    args = _inputs(rng, 40)
+    args["subsets"] = {f: np.array(v) for f, v in args["subsets"].items()}
+    event = FastBatches(TASKS).build(3, 1, "train", 7.0, args["loss"], args["task_losses"], args["targets"],
+                                     args["topk"], args["subsets"])
+    assert event is not None
+    assert encode_event(encode_labels(event), binary=True) == _slow(args)
