@@ -19,6 +19,7 @@ Run: ``.venv/bin/python bench/memory.py [--steps 100000]``
 from __future__ import annotations
 
 import argparse
+import os
 import multiprocessing as mp
 import sys
 import tempfile
@@ -150,7 +151,8 @@ def main() -> int:
 def report(service: dict[str, Any], clients: dict[int, dict[str, Any]]) -> None:
     c.print_header("memory: service RSS over one long run; client RSS with the service down",
                    [f"service: 1 rank, batches of {BATCH} samples, 2 tasks (200/2,000 classes), LR every step; "
-                    "STEP_INTERVAL 10, WANDB_INTERVAL 50, LR_INTERVAL 1; default history_max_points=10,000",
+                    "STEP_INTERVAL 10, WANDB_INTERVAL 50, LR_INTERVAL 1; history_max_points="
+                    + os.environ.get("LINNAEUS_METRICS_HISTORY_MAX_POINTS", "10,000 (default)"),
                     "RSS read from /proc/<pid>/status VmRSS after flush() (service idle)"])
     rows = service["rows"]
     base = next((r for r in rows if r["step"] >= 10_000), rows[0] if rows else None)
