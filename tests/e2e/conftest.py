@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,19 +42,29 @@ class LiveServer:
     settings: Settings
 
 
-@pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[LiveServer]:
-    sink = MemorySink()
-    settings = Settings(data_dir=tmp_path / "data", wandb_enabled=False, console_enabled=False)
-    server = _Server(uvicorn.Config(create_app(settings, sinks=[sink]), host="127.0.0.1", port=0,
-                                    log_level="warning", lifespan="on"))
+@contextmanager
+def live_service(settings: Settings, sinks: Sequence[Any] = ()) -> Iterator[tuple[str, Any]]:
+    """Serve ``create_app(settings, sinks)`` on a free loopback port until the block ends: (url, app)."""
+    app = create_app(settings, sinks=list(sinks))
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert server.listening.wait(20), "uvicorn did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield LiveServer(f"http://127.0.0.1:{port}", sink, settings)
-    server.should_exit = True
-    thread.join(20)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    sink = MemorySink()
+    settings = Settings(data_dir=tmp_path / "data", wandb_enabled=False, console_enabled=False)
+    with live_service(settings, [sink]) as (url, _):
+        yield LiveServer(url, sink, settings)
 
 
 def free_port() -> int:

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 
-from service.api import create_app
 from service.core.emission import Sink
 from service.settings import Settings
-
-
-class _Server(uvicorn.Server):
-    """uvicorn that tells when it is listening (no polling, no sleeps)."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = threading.Event()
-
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
-        self.listening.set()
+from tests.e2e.conftest import live_service as serve
 
 
 @dataclass
@@ -39,18 +25,8 @@ class Live:
 @contextmanager
 def live_service(settings: Settings, sinks: Sequence[Sink] = ()) -> Iterator[Live]:
     """Serve ``create_app(settings, sinks)`` on a free loopback port until the block ends."""
-    app = create_app(settings, sinks=list(sinks))
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert server.listening.wait(20), "uvicorn did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield Live(f"http://127.0.0.1:{port}", app)
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        assert not thread.is_alive(), "uvicorn did not stop"
+    with serve(settings, sinks) as (url, app):
+        yield Live(url, app)
 
 
 LISTING = "/v1/runs"
