@@ -27,7 +27,7 @@ async def latest_metrics(run_id: str, registry: RegistryDep) -> dict[str, Any]:
 async def history(
     run_id: str,
     registry: RegistryDep,
-    keys: Annotated[str | None, Query(max_length=8_192, description="comma-separated keys; all when absent")] = None,
+    keys: Annotated[str | None, Query(max_length=65_536, description="comma-separated keys; all when absent")] = None,
     since_step: Annotated[int | None, Query(ge=0)] = None,
     max_points: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
 ) -> dict[str, Any]:
