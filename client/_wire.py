@@ -249,8 +249,8 @@ def _encode_batch(event: BatchEvent, binary: bool) -> dict[str, Any]:
         "epoch": event.epoch,
         "phase": event.phase,
         "time": event.time,
-        "targets": {t: encode_array(a, binary) for t, a in event.targets.items()},
-        "topk": {t: encode_array(a, binary) for t, a in event.topk.items()},
+        "targets": {t: encode_array(_indices(a, binary), binary) for t, a in event.targets.items()},
+        "topk": {t: encode_array(_indices(a, binary), binary) for t, a in event.topk.items()},
     }
     if not single:
         out["sizes"] = list(event.sizes)
@@ -263,6 +263,11 @@ def _encode_batch(event: BatchEvent, binary: bool) -> dict[str, Any]:
     if event.sample_losses is not None:
         out["sample_losses"] = encode_array(event.sample_losses, binary)
     return out
+
+
+def _indices(array: np.ndarray, binary: bool) -> np.ndarray:
+    """Class indices travel as int32 in binary bodies: half the bytes, every index fits (< 2**31)."""
+    return array.astype(np.int32, copy=False) if binary and array.dtype.itemsize > 4 else array
 
 
 def _encode_labels(labels: list[str], codes: np.ndarray, binary: bool) -> Any:

@@ -1,6 +1,6 @@
 """The client's torch path with real torch tensors (DESIGN §1 ``[torch]``, §7).
 
-Top-k from torch logits equals ``torch.topk`` on the same tensor and only its int64
+Top-k from torch logits equals ``torch.topk`` on the same tensor and only its integer
 indices leave the tensor (and reach the wire); torch targets, 0-d losses and tensors that
 require grad are accepted; ``state_dict()`` survives ``torch.save`` /
 ``torch.load(weights_only=True)`` unchanged.
@@ -75,7 +75,7 @@ def test_topk_of_torch_logits_equals_torch_topk(service: FakeService, make_clien
         np.testing.assert_array_equal(event.topk[task], expected.numpy())
 
 
-def test_only_int64_indices_reach_the_wire(service: FakeService) -> None:
+def test_only_int32_indices_reach_the_wire(service: FakeService) -> None:
     bodies: list[tuple[bytes, str]] = []
 
     def record(request: httpx.Request) -> httpx.Response:
@@ -96,10 +96,10 @@ def test_only_int64_indices_reach_the_wire(service: FakeService) -> None:
     assert len(raw) < 4096
     (batch,) = [e for e in unpack_body(raw, content_type)["events"] if e["kind"] == "batch"]
     topk = batch["topk"]["species"]
-    assert (topk["dtype"], topk["shape"], len(topk["data"])) == ("<i8", [64, 3], 64 * 3 * 8)
-    np.testing.assert_array_equal(np.frombuffer(topk["data"], "<i8").reshape(64, 3),
+    assert (topk["dtype"], topk["shape"], len(topk["data"])) == ("<i4", [64, 3], 64 * 3 * 4)
+    np.testing.assert_array_equal(np.frombuffer(topk["data"], "<i4").reshape(64, 3),
                                   torch.topk(logits, 3, dim=1).indices.numpy())
-    assert batch["targets"]["species"]["dtype"] == "<i8"
+    assert batch["targets"]["species"]["dtype"] == "<i4"
 
 
 class HostCopySpy(torch.Tensor):
