@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, SupportsIndex
+from typing import Any, SupportsFloat, SupportsIndex
 
 import httpx
 
@@ -177,8 +177,8 @@ class MetricsClient:
         *,
         epoch: SupportsIndex,
         phase: str = TRAIN_PHASE,
-        loss: float | None = None,
-        task_losses: Mapping[str, float] | None = None,
+        loss: SupportsFloat | None = None,
+        task_losses: Mapping[str, SupportsFloat] | None = None,
         targets: Mapping[str, Any],
         topk: Mapping[str, Any] | None = None,
         logits: Mapping[str, Any] | None = None,
