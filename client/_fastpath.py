@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from client._wire import MAX_TOPK, MIN_TOPK, NAME_PATTERN, BatchEvent, Event, TaskInfo
+from client._wire import MAX_TOPK, MIN_TOPK, NAME_PATTERN, RESERVED_FAMILY, BatchEvent, Event, TaskInfo
 
 #: Marks labels not dictionary-encoded yet: ``subsets[family] == (labels per sample, RAW_CODES)``.
 RAW_CODES = np.empty(0, dtype=np.int64)
-RESERVED_FAMILY = "null"
 TaskArrays = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (targets, topk) by task
 
 

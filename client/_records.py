@@ -19,6 +19,7 @@ from client._errors import InvalidRecord, InvalidType, InvalidValue
 from client._wire import (
     MAX_STEP,
     NAME_PATTERN,
+    RESERVED_FAMILY,
     SCALAR_NAME_PATTERN,
     BatchEvent,
     ScalarEvent,
@@ -26,8 +27,6 @@ from client._wire import (
     WireError,
     check_batch_against,
 )
-
-RESERVED_FAMILY = "null"
 
 
 def check_int(value: Any, name: str) -> int:

@@ -40,6 +40,7 @@ SCALAR_KINDS = ("lr", "pipeline", "gradnorm", "custom")
 EVENT_KINDS = ("batch", *SCALAR_KINDS, "end_epoch", "complete", "checkpoint")
 TRAIN_PHASE = "train"
 MIN_TOPK = 3
+RESERVED_FAMILY = "null"  # the service's built-in null/non_null breakdown; no client may send it
 MAX_TOPK = 100
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-]{1,128}$")
 SCALAR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-][A-Za-z0-9_.:+=@/-]{0,199}$")

@@ -484,8 +484,6 @@ def _advance_rank(state: RankState, event: Event) -> None:
             state.completed = max(state.completed, state.last_step)
     elif isinstance(event, CompleteEvent):
         state.completed = max(state.completed, event.through_step)
-    elif isinstance(event, CheckpointEvent):
-        pass
 
 
 def _keys(metrics: Metrics, phase: str, window: str, global_only: bool) -> dict[str, float]:

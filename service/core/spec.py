@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from client._wire import NAME_PATTERN, TaskInfo
+from client._wire import NAME_PATTERN, RESERVED_FAMILY, TaskInfo
 from service.core.errors import InvalidInput
 from service.core.experiment import resolve_wandb_options, without_secrets
 from service.core.schedule import Schedule, resolve_schedule
@@ -120,7 +120,7 @@ def _subsets(raw: Any) -> dict[str, list[str]]:
         raise InvalidInput(f"subsets: expected an object of family -> labels, got {raw!r}")
     out = {}
     for family, labels in raw.items():
-        if not isinstance(family, str) or not NAME_PATTERN.match(family) or family == "null":
+        if not isinstance(family, str) or not NAME_PATTERN.match(family) or family == RESERVED_FAMILY:
             raise InvalidInput(f"subsets: invalid family name {family!r}")
         if not isinstance(labels, list) or not all(isinstance(v, str) and NAME_PATTERN.match(v) for v in labels):
             raise InvalidInput(f"subsets.{family}: expected a list of label names, got {labels!r}")

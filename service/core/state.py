@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from client._wire import BatchEvent, TaskInfo
+from client._wire import RESERVED_FAMILY, BatchEvent, TaskInfo
 from service.core.exact import fixed, fixed_sums_by_label, ratio
 
-NULL_FAMILY = "null"
+NULL_FAMILY = RESERVED_FAMILY
 
 MetricId = tuple[str | None, str | None, str]  # (family, label, suffix); family None = global
 Metrics = dict[MetricId, float]
