@@ -152,6 +152,7 @@ class MetricsClient:
         self._lock = threading.Lock()
         self._progress = RankProgress()
         self._fast = FastBatches(self.tasks)
+        self._phases: set[str] = set()
         self._closed = False
         self._worker = Worker(self._transport, body, self.rank, worker_config)
         self._worker.start()
@@ -211,8 +212,11 @@ class MetricsClient:
             InvalidType: a wrong type (non-int step, float class indices); a TypeError.
             ClientClosed: the client was closed.
         """
-        step, epoch = check_int(step, "step"), check_int(epoch, "epoch")
-        phase = check_name(phase, "phase")
+        # plain ints and an already-seen phase skip the general checks (the common case)
+        if not (type(step) is int and type(epoch) is int and 0 <= step <= MAX_STEP and 0 <= epoch <= MAX_STEP):
+            step, epoch = check_int(step, "step"), check_int(epoch, "epoch")
+        if type(phase) is not str or phase not in self._phases:
+            self._phases.add(check_name(phase, "phase"))
         now = float(self._clock())
         event = None
         if logits is None and sample_losses is None:

@@ -24,10 +24,9 @@ from typing import cast
 import numpy as np
 
 from client._fastpath import encode_labels, raw_label_bytes
-from client._wire import BatchEvent, Event, ScalarEvent
+from client._wire import BatchEvent, Event, Labels, ScalarEvent
 
 Key = tuple[Hashable, ...]
-Labels = tuple[list[str], np.ndarray]
 
 RECORD_OVERHEAD_BYTES = 128
 

@@ -2,36 +2,58 @@
 
 numpy integer arrays for every task, str label lists: one concatenation copies every
 array (callers reuse their buffers) and one comparison against cached bounds checks every
-class index at once; labels are only checked against the names already seen, and their
-dictionary encoding is left to the sender thread (``encode_labels``). Anything unusual
-returns ``None`` and the caller takes the thorough path, whose errors name the argument
-and the bad value.
+class index at once; the shapes and dtypes of a batch are checked once per layout and
+then looked up. Labels are only checked against the names already seen and kept as a
+tuple (no list for the garbage collector to walk while the record waits in the queue);
+their dictionary encoding is left to the sender thread (``encode_labels``). Anything
+unusual returns ``None`` and the caller takes the thorough path, whose errors name the
+argument and the bad value.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from client._wire import MAX_TOPK, MIN_TOPK, NAME_PATTERN, RESERVED_FAMILY, BatchEvent, Event, TaskInfo
+from client._wire import MAX_TOPK, MIN_TOPK, NAME_PATTERN, RESERVED_FAMILY, BatchEvent, Event, Labels, TaskInfo
 
 #: Marks labels not dictionary-encoded yet: ``subsets[family] == (labels per sample, RAW_CODES)``.
 RAW_CODES = np.empty(0, dtype=np.int64)
-TaskArrays = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (targets, topk) by task
+MAX_LAYOUTS = 64  # distinct (shapes, dtypes) remembered; batch sizes vary little in practice
+
+_ARRAY_TYPES = {np.ndarray}
+_NUMBER_TYPES = frozenset({float, int, np.float64, np.float32, np.float16})
+_SHAPE_AND_DTYPE = operator.attrgetter("shape", "dtype")
+
+
+class _Layout:
+    """Where each task's arrays lie in the concatenated buffer, and their bounds."""
+
+    __slots__ = ("bound", "size", "slices")
+
+    def __init__(self, size: int, ks: Sequence[int], limits: Sequence[int]) -> None:
+        self.size = size
+        counts = [size] * len(ks) + [size * k for k in ks]
+        self.bound = np.repeat(np.array([*limits, *limits], dtype=np.uint64), counts)
+        ends = np.cumsum(counts).tolist()
+        shapes = [None] * len(ks) + [(size, k) for k in ks]
+        self.slices = [(slice(end - n, end), shape) for end, n, shape in zip(ends, counts, shapes, strict=True)]
 
 
 class FastBatches:
-    """Builds batch records for one client's tasks; caches bounds and the labels seen."""
+    """Builds batch records for one client's tasks; caches layouts and the labels seen."""
 
     def __init__(self, tasks: Sequence[TaskInfo]) -> None:
         self.names = [t.name for t in tasks]
+        self.count = len(self.names)
         self.name_set = frozenset(self.names)
         self.limits = [t.num_classes for t in tasks]
         self.min_k = [min(MIN_TOPK, t.num_classes) for t in tasks]
-        self._bounds: dict[tuple[int, ...], np.ndarray] = {}
+        self._layouts: dict[tuple[Any, ...], _Layout] = {}
         self._labels: dict[str, set[str]] = {}
 
     def build(self, step: int, epoch: int, phase: str, time: float, loss: Any, task_losses: Any,
@@ -40,111 +62,106 @@ class FastBatches:
         arrays = self._arrays(targets, topk)
         if arrays is None:
             return None
-        size, checked = arrays
-        losses = _numbers([loss]) if loss is not None else None
+        layout, flat = arrays
+        losses = None
+        if loss is not None and (losses := _numbers([loss])) is None:
+            return None
         per_task = self._task_losses(task_losses)
-        labels = self._subsets(subsets, size)
-        if (loss is not None and losses is None) or per_task is None or labels is None:
+        labels = self._subsets(subsets, layout.size) if subsets else {}
+        if per_task is None or labels is None:
             return None
-        got_targets, got_topk = checked
-        return BatchEvent(step=step, epoch=epoch, phase=phase, time=time, targets=got_targets, topk=got_topk,
-                          sizes=[size], losses=losses, task_losses=per_task, subsets=labels)
+        parts = [flat[at] if shape is None else flat[at].reshape(shape) for at, shape in layout.slices]
+        return BatchEvent(step=step, epoch=epoch, phase=phase, time=time,
+                          targets=dict(zip(self.names, parts[:self.count], strict=True)),
+                          topk=dict(zip(self.names, parts[self.count:], strict=True)),
+                          sizes=[layout.size], losses=losses, task_losses=per_task, subsets=labels)
 
-    def _arrays(self, targets: Any, topk: Any) -> tuple[int, TaskArrays] | None:
-        if type(targets) is not dict or type(topk) is not dict:
+    def _arrays(self, targets: Any, topk: Any) -> tuple[_Layout, np.ndarray] | None:
+        if type(targets) is not dict or type(topk) is not dict or len(targets) != self.count \
+                or len(topk) != self.count:
             return None
-        if targets.keys() != self.name_set or topk.keys() != self.name_set:
+        try:
+            arrays = [targets[n] for n in self.names] + [topk[n] for n in self.names]
+        except (KeyError, TypeError):
             return None
-        ys = [targets[n] for n in self.names]
-        ps = [topk[n] for n in self.names]
-        if not all(type(a) is np.ndarray and a.dtype.kind in "iu" for a in (*ys, *ps)):
+        if set(map(type, arrays)) != _ARRAY_TYPES:
             return None
-        size = ys[0].shape[0] if ys[0].ndim == 1 else 0
-        for y, p, min_k in zip(ys, ps, self.min_k, strict=True):
-            if y.shape != (size,) or p.ndim != 2 or p.shape[0] != size or not min_k <= p.shape[1] <= MAX_TOPK:
-                return None
-        if size == 0:
+        key = tuple(map(_SHAPE_AND_DTYPE, arrays))
+        layout = self._layouts.get(key) or self._new_layout(key)
+        if layout is None:
             return None
-        ks = tuple(p.shape[1] for p in ps)
-        flat = np.concatenate([*ys, *(p.reshape(-1) for p in ps)], dtype=np.int64, casting="same_kind")
-        if (flat.view(np.uint64) >= self._bound(size, ks)).any():  # negatives wrap to huge values
+        flat = np.concatenate(arrays, axis=None, dtype=np.int64)
+        if np.count_nonzero(np.greater_equal(flat.view(np.uint64), layout.bound)):  # negatives wrap to huge
             return None
-        return size, self._split(flat, size, ks)
+        return layout, flat
 
-    def _bound(self, size: int, ks: tuple[int, ...]) -> np.ndarray:
-        key = (size, *ks)
-        bound = self._bounds.get(key)
-        if bound is None:
-            counts = [size] * len(ks) + [size * k for k in ks]
-            bound = self._bounds[key] = np.repeat(np.array(self.limits * 2, dtype=np.uint64), counts)
-        return bound
-
-    def _split(self, flat: np.ndarray, size: int, ks: tuple[int, ...]) -> TaskArrays:
-        targets, topk, at = {}, {}, 0
-        for name in self.names:
-            targets[name] = flat[at:at + size]
-            at += size
-        for name, k in zip(self.names, ks, strict=True):
-            topk[name] = flat[at:at + size * k].reshape(size, k)
-            at += size * k
-        return targets, topk
+    def _new_layout(self, key: tuple[Any, ...]) -> _Layout | None:
+        shapes, dtypes = [s for s, _ in key], [d for _, d in key]
+        if not all(d.kind in "iu" and np.can_cast(d, np.int64) for d in dtypes):
+            return None
+        ys, ps = shapes[:self.count], shapes[self.count:]
+        size = ys[0][0] if len(ys[0]) == 1 else 0
+        if size == 0 or any(y != (size,) for y in ys):
+            return None
+        if not all(len(p) == 2 and p[0] == size and min_k <= p[1] <= MAX_TOPK
+                   for p, min_k in zip(ps, self.min_k, strict=True)):
+            return None
+        if len(self._layouts) >= MAX_LAYOUTS:
+            self._layouts.clear()
+        layout = self._layouts[key] = _Layout(size, [p[1] for p in ps], self.limits)
+        return layout
 
     def _task_losses(self, task_losses: Any) -> dict[str, list[float]] | None:
         if task_losses is None:
             return {}
         if type(task_losses) is not dict or not task_losses.keys() <= self.name_set:
             return None
-        out = {}
-        for name, value in task_losses.items():
-            numbers = _numbers([value])
-            if numbers is None:
-                return None
-            out[name] = numbers
-        return out
+        values = _numbers(list(task_losses.values()))
+        return None if values is None else {n: [v] for n, v in zip(task_losses, values, strict=True)}
 
-    def _subsets(self, subsets: Any, size: int) -> dict[str, tuple[list[str], np.ndarray]] | None:
-        if subsets is None:
-            return {}
+    def _subsets(self, subsets: Any, size: int) -> dict[str, Labels] | None:
         if type(subsets) is not dict:
             return None
-        out = {}
+        out: dict[str, Labels] = {}
         for family, labels in subsets.items():
             if type(labels) is np.ndarray and labels.dtype.kind == "U" and labels.ndim == 1:
                 labels = labels.tolist()  # numpy str arrays: str objects once, then as a list
-            if type(labels) is not list or len(labels) != size or not self._known(family, labels):
+            if type(labels) is not list or len(labels) != size:
                 return None
-            out[family] = (list(labels), RAW_CODES)
+            if not self._known(family, labels):
+                return None
+            out[family] = (tuple(labels), RAW_CODES)
         return out
 
     def _known(self, family: Any, labels: list[Any]) -> bool:
+        """Whether every label is a valid name of a valid family (new ones are remembered)."""
         seen = self._labels.get(family)
-        if seen is None:
-            if type(family) is not str or family == RESERVED_FAMILY or not NAME_PATTERN.match(family):
-                return False
-            seen = self._labels[family] = set()
         try:
-            if seen.issuperset(labels):  # the steady state: no new label, no new set built
+            if seen is not None and seen.issuperset(labels):  # the steady state: no new label
                 return True
-            new = set(labels) - seen
         except TypeError:  # unhashable labels
             return False
-        if new and not all(type(v) is str and NAME_PATTERN.match(v) for v in new):
+        if type(family) is not str or family == RESERVED_FAMILY or not NAME_PATTERN.match(family):
             return False
-        seen |= new
+        try:
+            new = set(labels) - self._labels.get(family, set())
+        except TypeError:  # unhashable labels
+            return False
+        if not all(type(v) is str and NAME_PATTERN.match(v) for v in new):
+            return False
+        self._labels.setdefault(family, set()).update(new)
         return True
 
 
 def _numbers(values: list[Any]) -> list[float] | None:
-    out = []
-    for value in values:
-        if type(value) is float or type(value) is int or isinstance(value, np.floating):
-            number = float(value)
-        else:
-            return None
-        if not math.isfinite(number):
-            return None
-        out.append(number)
-    return out
+    """Finite Python floats, or None (the thorough path names the bad value)."""
+    if not _NUMBER_TYPES.issuperset(map(type, values)):
+        return None
+    try:
+        numbers = list(map(float, values))
+    except OverflowError:  # an int too large for a float: the thorough path says so
+        return None
+    return numbers if math.isfinite(sum(numbers)) else None
 
 
 def encode_labels(event: Event) -> Event:
@@ -162,6 +179,6 @@ def encode_labels(event: Event) -> Event:
     return event
 
 
-def raw_label_bytes(labels: Mapping[str, tuple[list[str], np.ndarray]]) -> int:
+def raw_label_bytes(labels: Mapping[str, Labels]) -> int:
     """Encoded size estimate of raw labels (one int per sample)."""
     return sum(4 * len(v) for v, codes in labels.values() if codes is RAW_CODES)

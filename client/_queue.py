@@ -25,7 +25,7 @@ MAX_RECORD_BYTES = 4 * 2**20
 MAX_RECORD_SAMPLES = 16_384  # well under the service's default limit per record (65,536)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Entry:
     nbytes: int
     samples: int

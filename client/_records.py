@@ -22,6 +22,7 @@ from client._wire import (
     RESERVED_FAMILY,
     SCALAR_NAME_PATTERN,
     BatchEvent,
+    Labels,
     ScalarEvent,
     TaskInfo,
     WireError,
@@ -166,7 +167,7 @@ def _task_losses(task_losses: Any, tasks: Sequence[TaskInfo]) -> dict[str, list[
     return {str(t): [check_number(v, f"task_losses[{t!r}]")] for t, v in given.items()}
 
 
-def _subsets(subsets: Any, size: int) -> dict[str, tuple[list[str], np.ndarray]]:
+def _subsets(subsets: Any, size: int) -> dict[str, Labels]:
     if subsets is None:
         return {}
     given = _mapping(subsets, "subsets")
@@ -183,7 +184,7 @@ def check_family(value: Any, name: str, error: type[InvalidValue] = InvalidRecor
     return family
 
 
-def _labels(value: Any, name: str, size: int) -> tuple[list[str], np.ndarray]:
+def _labels(value: Any, name: str, size: int) -> Labels:
     array = to_numpy(value, name)
     if array.dtype.kind not in "UO" or (
         array.dtype.kind == "O" and not all(isinstance(v, str) for v in array.flat)

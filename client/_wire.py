@@ -48,6 +48,10 @@ MAX_STEP = 2**53
 MAX_ARRAY_DIMS = 4
 
 
+#: A subset family's labels: (vocabulary, codes per sample), or (label per sample, empty) before encoding.
+Labels: TypeAlias = tuple[Sequence[str], np.ndarray]
+
+
 class WireError(ValueError):
     """A record or body does not follow the wire format; the message names the field."""
 
@@ -74,7 +78,7 @@ class BatchEvent:
     sizes: list[int]
     losses: list[float] | None = None
     task_losses: dict[str, list[float]] = field(default_factory=dict)
-    subsets: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+    subsets: dict[str, Labels] = field(default_factory=dict)
     sample_losses: np.ndarray | None = None
     kind: str = "batch"
 
@@ -271,7 +275,7 @@ def _indices(array: np.ndarray, binary: bool) -> np.ndarray:
     return array.astype(np.int32, copy=False) if binary and array.dtype.itemsize > 4 else array
 
 
-def _encode_labels(labels: list[str], codes: np.ndarray, binary: bool) -> Any:
+def _encode_labels(labels: Sequence[str], codes: np.ndarray, binary: bool) -> Any:
     if binary:
         small = codes.dtype == np.uint8 or (len(labels) <= 256 and codes.dtype.kind in "iu")
         return {"labels": labels, "codes": encode_array(codes.astype(np.uint8 if small else np.int32), True)}
@@ -380,7 +384,7 @@ def _task_losses(obj: Mapping[str, Any], where: str, segments: int) -> dict[str,
     return out
 
 
-def _subsets(obj: Mapping[str, Any], where: str, size: int) -> dict[str, tuple[list[str], np.ndarray]]:
+def _subsets(obj: Mapping[str, Any], where: str, size: int) -> dict[str, Labels]:
     raw = obj.get("subsets") or {}
     if not isinstance(raw, Mapping):
         raise WireError(f"{where}.subsets: expected an object, got {type(raw).__name__}")
@@ -394,7 +398,7 @@ def _subsets(obj: Mapping[str, Any], where: str, size: int) -> dict[str, tuple[l
     return out
 
 
-def _labels(value: Any, name: str) -> tuple[list[str], np.ndarray]:
+def _labels(value: Any, name: str) -> Labels:
     if isinstance(value, list):
         labels = sorted({_check_name(v, name) for v in value})
         index = {label: i for i, label in enumerate(labels)}

@@ -97,6 +97,7 @@ class RunState:
         self.book = MetricsBook()
         self.finished = False
         self.outbox: list[Emission] = []
+        self._deltas: dict[int, Accumulator] = {}  # batches of the delivery being applied, computed together
 
     # ------------------------------------------------------------ check (no mutation)
 
@@ -147,10 +148,33 @@ class RunState:
         rank's marker is in; the snapshot is then taken and the held events applied in
         the order they arrived.
         """
-        for event in events:
-            _advance_rank(self.accepted[rank], event)
-            self._route(rank, event)
+        events = list(events)
+        self._deltas = self._precompute(rank, events)
+        try:
+            for event in events:
+                _advance_rank(self.accepted[rank], event)
+                self._route(rank, event)
+        finally:
+            self._deltas = {}
         self._advance()
+
+    def _precompute(self, rank: int, events: list[Event]) -> dict[int, Accumulator]:
+        """The statistics of the delivery's batches up to its first checkpoint marker, in one pass.
+
+        Batches after a marker may be held (DESIGN §3b); they are computed when applied, so a
+        cut never sees a label first used after it.
+        """
+        if self.cuts.holds(rank):
+            return {}
+        batches = []
+        for event in events:
+            if isinstance(event, CheckpointEvent):
+                break
+            if isinstance(event, BatchEvent):
+                batches.append(event)
+        if not batches:
+            return {}
+        return {id(b): acc for b, acc in zip(batches, Accumulator.of_batches(self.layout, batches), strict=True)}
 
     def _route(self, rank: int, event: Event) -> None:
         if self.cuts.holds(rank):
@@ -177,8 +201,7 @@ class RunState:
             self._maybe_close_epoch(event.phase, event.epoch)
 
     def _apply_batch(self, batch: BatchEvent) -> None:
-        delta = Accumulator(self.layout)
-        delta.update(batch)
+        delta = self._deltas.pop(id(batch), None) or Accumulator.of_batches(self.layout, [batch])[0]
         self.epochs.setdefault((batch.phase, batch.epoch), Accumulator(self.layout)).merge(delta)
         if batch.phase == TRAIN_PHASE:
             bucket = self.pending.setdefault(batch.step, StepBucket())

@@ -15,7 +15,7 @@ any order.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +38,9 @@ class Layout:
         self.null_index = np.array([t.null_index for t in tasks], dtype=np.int64)
         self.families: dict[str, list[str]] = {f: list(v) for f, v in (families or {}).items()}
         self._index = {f: {label: i for i, label in enumerate(v)} for f, v in self.families.items()}
+        self.columns = Columns(len(tasks))
 
-    def codes(self, family: str, labels: list[str], local_codes: np.ndarray) -> np.ndarray:
+    def codes(self, family: str, labels: Sequence[str], local_codes: np.ndarray) -> np.ndarray:
         """Map a batch's dictionary-encoded labels to the run's codes, adding new labels."""
         index = self._index.setdefault(family, {})
         vocab = self.families.setdefault(family, [])
@@ -56,206 +57,189 @@ class Layout:
         return {f: list(v) for f, v in self.families.items()}
 
 
-@dataclass(frozen=True)
-class Hits:
-    """Per-sample outcomes of one batch (rows: tasks in run order; columns: samples)."""
+class Columns:
+    """Where each count lives in an accumulator's vector and a family's table (``T`` tasks).
 
-    top1: np.ndarray
-    top3: np.ndarray
-    nonnull: np.ndarray
-    chain: np.ndarray
-    partial: np.ndarray
-    any_nonnull: np.ndarray
+    Hit rows (one per sample): top1[T], top3[T], nonnull[T], top1&nonnull[T], top3&nonnull[T],
+    chain, partial, any_nonnull. An accumulator's ``counts`` are their sums followed by n,
+    loss_n and task_loss_n[T]; a family's table has, per label, the sums of top1[T], top3[T],
+    chain, partial, any_nonnull, then n and loss_n.
+    """
 
-    @classmethod
-    def of(cls, batch: BatchEvent, layout: Layout) -> Hits:
-        """Compare every task's top-k with its target, vectorised per task."""
-        names = [t.name for t in layout.tasks]
-        y = np.stack([batch.targets[t] for t in names])
-        top = [batch.topk[t] for t in names]
-        top1 = np.stack([top[i][:, 0] == y[i] for i in range(len(names))])
-        top3 = np.stack([(top[i][:, :3] == y[i][:, None]).any(axis=1) for i in range(len(names))])
-        nonnull = y != layout.null_index[:, None]
-        any_nonnull = np.asarray(nonnull.any(axis=0))
-        partial = np.asarray((top1 | ~nonnull).all(axis=0) & any_nonnull)
-        return cls(top1, top3, nonnull, np.asarray(top1.all(axis=0)), partial, any_nonnull)
+    def __init__(self, tasks: int) -> None:
+        t = tasks
+        self.c1, self.c3, self.nonnull = slice(0, t), slice(t, 2 * t), slice(2 * t, 3 * t)
+        self.c1_nonnull, self.c3_nonnull = slice(3 * t, 4 * t), slice(4 * t, 5 * t)
+        self.chain, self.pchain, self.pchain_n = 5 * t, 5 * t + 1, 5 * t + 2
+        self.hit_rows = 5 * t + 3
+        self.n, self.loss_n, self.task_loss_n = 5 * t + 3, 5 * t + 4, slice(5 * t + 5, 6 * t + 5)
+        self.width = 6 * t + 5
+        # family table: the hit rows it sums, then n and loss_n
+        self.family_rows = np.r_[0:2 * t, 5 * t:5 * t + 3]
+        self.f_c1, self.f_c3 = slice(0, t), slice(t, 2 * t)
+        self.f_chain, self.f_pchain, self.f_pchain_n = 2 * t, 2 * t + 1, 2 * t + 2
+        self.f_n, self.f_loss_n = 2 * t + 3, 2 * t + 4
+        self.f_width = 2 * t + 5
+
+
+def hit_rows(batches: Sequence[BatchEvent], layout: Layout) -> np.ndarray:
+    """Per-sample outcomes of ``batches`` side by side: bool [hit rows, samples] (see ``Columns``)."""
+    tasks, cols = layout.tasks, layout.columns
+    hits = np.empty((cols.hit_rows, sum(b.batch_size for b in batches)), dtype=bool)
+    t = len(tasks)
+    for i, task in enumerate(tasks):
+        y = _joined([b.targets[task.name] for b in batches])
+        top = _joined_topk([b.topk[task.name] for b in batches])
+        hits[i] = top[:, 0] == y
+        np.any(top == y[:, None], axis=1, out=hits[t + i])
+        np.not_equal(y, task.null_index, out=hits[2 * t + i])
+    np.logical_and(hits[0:t], hits[2 * t:3 * t], out=hits[3 * t:4 * t])
+    np.logical_and(hits[t:2 * t], hits[2 * t:3 * t], out=hits[4 * t:5 * t])
+    np.all(hits[0:t], axis=0, out=hits[cols.chain])
+    np.any(hits[2 * t:3 * t], axis=0, out=hits[cols.pchain_n])
+    # partially chain-correct: top-1 right wherever the target is not null, and some target is not null
+    np.all(hits[0:t] | ~hits[2 * t:3 * t], axis=0, out=hits[cols.pchain])
+    hits[cols.pchain] &= hits[cols.pchain_n]
+    return hits
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _joined_topk(arrays: list[np.ndarray]) -> np.ndarray:
+    """The first (up to) 3 columns of each top-k array, stacked; narrower ones padded with -1."""
+    cut = [a[:, :3] for a in arrays]
+    width = max(a.shape[1] for a in cut)
+    if any(a.shape[1] != width for a in cut):
+        cut = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-1) for a in cut]
+    return _joined(cut)
 
 
 @dataclass
 class FamilyStats:
-    """Per-label statistics of one subset family (arrays indexed by run label code)."""
+    """Per-label statistics of one subset family: ``table[label code]`` (see ``Columns``)."""
 
-    n: np.ndarray
-    c1: np.ndarray
-    c3: np.ndarray
-    chain: np.ndarray
-    pchain: np.ndarray
-    pchain_n: np.ndarray
-    loss_n: np.ndarray
+    table: np.ndarray
     loss_fx: list[int]
 
     @classmethod
-    def empty(cls, labels: int, tasks: int) -> FamilyStats:
+    def empty(cls, labels: int, width: int) -> FamilyStats:
         """Zeros for ``labels`` labels."""
-        z = np.zeros(labels, dtype=np.int64)
-        return cls(z, np.zeros((labels, tasks), np.int64), np.zeros((labels, tasks), np.int64),
-                   z.copy(), z.copy(), z.copy(), z.copy(), [0] * labels)
+        return cls(np.zeros((labels, width), dtype=np.int64), [0] * labels)
+
+    @property
+    def labels(self) -> int:
+        """Labels this table has rows for."""
+        return int(self.table.shape[0])
 
     def grow(self, labels: int) -> None:
         """Pad to ``labels`` labels."""
-        extra = labels - self.n.shape[0]
-        if extra <= 0:
-            return
-        for name in ("n", "chain", "pchain", "pchain_n", "loss_n"):
-            setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, np.int64)]))
-        for name in ("c1", "c3"):
-            array = getattr(self, name)
-            setattr(self, name, np.concatenate([array, np.zeros((extra, array.shape[1]), np.int64)]))
-        self.loss_fx = self.loss_fx + [0] * extra
+        extra = labels - self.labels
+        if extra > 0:
+            self.table = np.concatenate([self.table, np.zeros((extra, self.table.shape[1]), np.int64)])
+            self.loss_fx = self.loss_fx + [0] * extra
 
     def merge(self, other: FamilyStats) -> None:
         """Add ``other`` in place (``other`` may know fewer labels, never more after growing)."""
-        self.grow(other.n.shape[0])
-        size = other.n.shape[0]  # labels are append-only: other's codes are a prefix of ours
-        self.n[:size] += other.n
-        self.c1[:size] += other.c1
-        self.c3[:size] += other.c3
-        self.chain[:size] += other.chain
-        self.pchain[:size] += other.pchain
-        self.pchain_n[:size] += other.pchain_n
-        self.loss_n[:size] += other.loss_n
+        self.grow(other.labels)
+        size = other.labels  # labels are append-only: other's codes are a prefix of ours
+        self.table[:size] += other.table
         if any(other.loss_fx):
-            self.loss_fx = [a + b for a, b in zip(self.loss_fx, other.loss_fx + [0] * (len(self.loss_fx) - size),
+            self.loss_fx = [a + b for a, b in zip(self.loss_fx, other.loss_fx + [0] * (self.labels - size),
                                                   strict=True)]
 
 
 @dataclass
 class Accumulator:
-    """Sufficient statistics of the samples of one window."""
+    """Sufficient statistics of the samples of one window: integer ``counts`` (see ``Columns``),
+    exact fixed-point loss sums, the time span and the largest step."""
 
     layout: Layout
-    n: int = 0
-    loss_n: int = 0
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     loss_fx: int = 0
-    task_loss_n: list[int] = field(default_factory=list)
     task_loss_fx: list[int] = field(default_factory=list)
-    c1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    c3: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    nonnull: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    c1_nonnull: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    c3_nonnull: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    chain: int = 0
-    pchain: int = 0
-    pchain_n: int = 0
     t_min: float = math.inf
     t_max: float = -math.inf
     max_step: int = -1
     families: dict[str, FamilyStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        tasks = len(self.layout.tasks)
-        for name in ("c1", "c3", "nonnull", "c1_nonnull", "c3_nonnull"):
-            if getattr(self, name).shape[0] != tasks:
-                setattr(self, name, np.zeros(tasks, np.int64))
-        self.task_loss_n = self.task_loss_n or [0] * tasks
-        self.task_loss_fx = self.task_loss_fx or [0] * tasks
+        if self.counts.shape != (self.layout.columns.width,):
+            self.counts = np.zeros(self.layout.columns.width, np.int64)
+        self.task_loss_fx = self.task_loss_fx or [0] * len(self.layout.tasks)
+
+    @property
+    def n(self) -> int:
+        """Samples in the window."""
+        return int(self.counts[self.layout.columns.n])
 
     # ------------------------------------------------------------ update / merge
 
     def update(self, batch: BatchEvent) -> None:
         """Add one batch (already checked against the run's tasks)."""
-        hits = Hits.of(batch, self.layout)
-        self.n += batch.batch_size
-        self.c1 += hits.top1.sum(axis=1)
-        self.c3 += hits.top3.sum(axis=1)
-        self.nonnull += hits.nonnull.sum(axis=1)
-        self.c1_nonnull += (hits.top1 & hits.nonnull).sum(axis=1)
-        self.c3_nonnull += (hits.top3 & hits.nonnull).sum(axis=1)
-        self.chain += int(hits.chain.sum())
-        self.pchain += int(hits.partial.sum())
-        self.pchain_n += int(hits.any_nonnull.sum())
-        self._update_losses(batch)
-        self._update_time(batch.time, batch.step)
-        for family, (labels, codes) in batch.subsets.items():
-            run_codes = self.layout.codes(family, labels, codes)
-            self._update_family(family, run_codes, hits, batch.sample_losses)
+        self.merge(Accumulator.of_batches(self.layout, [batch])[0])
 
-    def _update_losses(self, batch: BatchEvent) -> None:
+    @classmethod
+    def of_batches(cls, layout: Layout, batches: Sequence[BatchEvent]) -> list[Accumulator]:
+        """One accumulator per batch, computed for all of them at once (no per-sample Python)."""
+        cols = layout.columns
+        sizes = np.array([b.batch_size for b in batches], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        hits = hit_rows(batches, layout)
+        counts = np.zeros((len(batches), cols.width), dtype=np.int64)
+        counts[:, :cols.hit_rows] = np.add.reduceat(hits, starts, axis=1, dtype=np.int64).T
+        counts[:, cols.n] = sizes
+        accs = [cls(layout, counts[i]) for i in range(len(batches))]
+        for acc, batch in zip(accs, batches, strict=True):
+            acc._add_losses(batch)
+            acc.t_min = acc.t_max = batch.time
+            acc.max_step = batch.step
+        for family in {f for b in batches for f in b.subsets}:
+            _add_family(accs, batches, family, hits, starts, sizes)
+        return accs
+
+    def _add_losses(self, batch: BatchEvent) -> None:
+        cols = self.layout.columns
         if batch.losses is not None:
-            for size, loss in zip(batch.sizes, batch.losses, strict=True):
-                self.loss_fx += fixed(loss) * size
-            self.loss_n += batch.batch_size
+            self.loss_fx += sum(fixed(loss) * size for size, loss in zip(batch.sizes, batch.losses, strict=True))
+            self.counts[cols.loss_n] += batch.batch_size
         for i, task in enumerate(self.layout.tasks):
-            for size, loss in zip(batch.sizes, batch.task_losses.get(task.name, ()), strict=False):
-                self.task_loss_fx[i] += fixed(loss) * size
-                self.task_loss_n[i] += size
-
-    def _update_time(self, time: float, step: int) -> None:
-        self.t_min = min(self.t_min, time)
-        self.t_max = max(self.t_max, time)
-        self.max_step = max(self.max_step, step)
-
-    def _update_family(self, family: str, codes: np.ndarray, hits: Hits, sample_losses: np.ndarray | None) -> None:
-        labels = len(self.layout.families[family])
-        tasks = len(self.layout.tasks)
-        stats = self.families.get(family)
-        if stats is None:
-            stats = self.families[family] = FamilyStats.empty(labels, tasks)
-        stats.grow(labels)
-        cells = codes[None, :] * tasks + np.arange(tasks)[:, None]
-        stats.n += np.bincount(codes, minlength=labels)
-        stats.c1 += np.bincount(cells[hits.top1], minlength=labels * tasks).reshape(labels, tasks)
-        stats.c3 += np.bincount(cells[hits.top3], minlength=labels * tasks).reshape(labels, tasks)
-        stats.chain += np.bincount(codes[hits.chain], minlength=labels)
-        stats.pchain += np.bincount(codes[hits.partial], minlength=labels)
-        stats.pchain_n += np.bincount(codes[hits.any_nonnull], minlength=labels)
-        if sample_losses is not None:
-            sums = fixed_sums_by_label(sample_losses, codes, labels)
-            stats.loss_fx = [a + b for a, b in zip(stats.loss_fx, sums, strict=True)]
-            stats.loss_n += np.bincount(codes, minlength=labels)
+            losses = batch.task_losses.get(task.name)
+            if losses is not None:
+                self.task_loss_fx[i] += sum(fixed(v) * size for size, v in zip(batch.sizes, losses, strict=True))
+                self.counts[cols.task_loss_n.start + i] += batch.batch_size
 
     def merge(self, other: Accumulator) -> None:
         """Add another accumulator of the same run in place (its arrays are only read)."""
-        self.n += other.n
-        self.loss_n += other.loss_n
+        self.counts += other.counts
         self.loss_fx += other.loss_fx
-        self.chain += other.chain
-        self.pchain += other.pchain
-        self.pchain_n += other.pchain_n
-        self.c1 += other.c1
-        self.c3 += other.c3
-        self.nonnull += other.nonnull
-        self.c1_nonnull += other.c1_nonnull
-        self.c3_nonnull += other.c3_nonnull
-        self.task_loss_n = [a + b for a, b in zip(self.task_loss_n, other.task_loss_n, strict=True)]
         self.task_loss_fx = [a + b for a, b in zip(self.task_loss_fx, other.task_loss_fx, strict=True)]
         self.t_min, self.t_max = min(self.t_min, other.t_min), max(self.t_max, other.t_max)
         self.max_step = max(self.max_step, other.max_step)
         for family, stats in other.families.items():
             mine = self.families.get(family)
             if mine is None:
-                mine = self.families[family] = FamilyStats.empty(stats.n.shape[0], len(self.layout.tasks))
+                mine = self.families[family] = FamilyStats.empty(stats.labels, self.layout.columns.f_width)
             mine.merge(stats)
 
     def check(self) -> None:
         """Raise ValueError unless every array fits the layout (for states read from outside)."""
-        tasks = len(self.layout.tasks)
-        for name in ("c1", "c3", "nonnull", "c1_nonnull", "c3_nonnull"):
-            if getattr(self, name).shape != (tasks,):
-                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected ({tasks},)")
-        if len(self.task_loss_n) != tasks or len(self.task_loss_fx) != tasks:
-            raise ValueError(f"task losses must have {tasks} entries")
+        cols = self.layout.columns
+        if self.counts.shape != (cols.width,):
+            raise ValueError(f"counts have shape {self.counts.shape}, expected ({cols.width},)")
+        if len(self.task_loss_fx) != len(self.layout.tasks):
+            raise ValueError(f"task losses must have {len(self.layout.tasks)} entries")
         for family, stats in self.families.items():
             labels = len(self.layout.families.get(family, ()))
-            sizes = {stats.n.shape, stats.chain.shape, stats.pchain.shape, stats.pchain_n.shape, stats.loss_n.shape}
-            if len(sizes) != 1 or stats.n.shape[0] > labels or len(stats.loss_fx) != stats.n.shape[0]:
+            if stats.table.ndim != 2 or stats.table.shape[1] != cols.f_width or stats.labels > labels \
+                    or len(stats.loss_fx) != stats.labels:
                 raise ValueError(f"family {family!r}: arrays do not match its {labels} labels")
-            if stats.c1.shape != (stats.n.shape[0], tasks) or stats.c3.shape != stats.c1.shape:
-                raise ValueError(f"family {family!r}: per-task counts have the wrong shape")
 
     def copy(self) -> Accumulator:
         """An independent copy."""
         return Accumulator.from_dict(self.layout, self.to_dict())
+
 
     # ------------------------------------------------------------ compute
 
@@ -268,72 +252,111 @@ class Accumulator:
         out: Metrics = {}
         if self.n == 0:
             return out
+        cols, counts = self.layout.columns, self.counts.tolist()
         names = [t.name for t in self.layout.tasks]
-        out.update(_group(None, None, self.n, self.c1, self.c3, self.chain, self.pchain, self.pchain_n, names))
-        if self.loss_n:
-            out[(None, None, "loss")] = ratio(self.loss_fx, self.loss_n)
-        for i, name in enumerate(names):
-            if self.task_loss_n[i]:
-                out[(None, None, f"loss_{name}")] = ratio(self.task_loss_fx[i], self.task_loss_n[i])
-        out.update(self._null_breakdown(names))
+        out.update(_group(None, None, counts[cols.n], counts[cols.c1], counts[cols.c3], counts[cols.chain],
+                          counts[cols.pchain], counts[cols.pchain_n], names))
+        if counts[cols.loss_n]:
+            out[(None, None, "loss")] = ratio(self.loss_fx, counts[cols.loss_n])
+        for name, n, fx in zip(names, counts[cols.task_loss_n], self.task_loss_fx, strict=True):
+            if n:
+                out[(None, None, f"loss_{name}")] = ratio(fx, n)
+        out.update(self._null_breakdown(names, counts))
         for family, stats in self.families.items():
             out.update(self._family_metrics(family, stats, names))
         return out
 
-    def _null_breakdown(self, names: list[str]) -> Metrics:
+    def _null_breakdown(self, names: list[str], counts: list[int]) -> Metrics:
         out: Metrics = {}
+        cols, n = self.layout.columns, counts[self.layout.columns.n]
         for i, name in enumerate(names):
-            parts = (("non_null", self.nonnull[i], self.c1_nonnull[i], self.c3_nonnull[i]),
-                     ("null", self.n - self.nonnull[i], self.c1[i] - self.c1_nonnull[i],
-                      self.c3[i] - self.c3_nonnull[i]))
-            for label, n, c1, c3 in parts:
-                if n:
-                    out[(NULL_FAMILY, label, f"acc1_{name}")] = _pct(c1, n)
-                    out[(NULL_FAMILY, label, f"acc3_{name}")] = _pct(c3, n)
+            nonnull, c1, c3 = counts[cols.nonnull][i], counts[cols.c1][i], counts[cols.c3][i]
+            c1_nn, c3_nn = counts[cols.c1_nonnull][i], counts[cols.c3_nonnull][i]
+            for label, total, right1, right3 in (("non_null", nonnull, c1_nn, c3_nn),
+                                                 ("null", n - nonnull, c1 - c1_nn, c3 - c3_nn)):
+                if total:
+                    out[(NULL_FAMILY, label, f"acc1_{name}")] = _pct(right1, total)
+                    out[(NULL_FAMILY, label, f"acc3_{name}")] = _pct(right3, total)
         return out
 
     def _family_metrics(self, family: str, stats: FamilyStats, names: list[str]) -> Metrics:
         out: Metrics = {}
-        vocab = self.layout.families[family]
-        for code in np.flatnonzero(stats.n).tolist():
-            label = vocab[code]
-            out.update(_group(family, label, int(stats.n[code]), stats.c1[code], stats.c3[code],
-                              int(stats.chain[code]), int(stats.pchain[code]), int(stats.pchain_n[code]),
-                              names))
-            if stats.loss_n[code]:
-                out[(family, label, "loss")] = ratio(stats.loss_fx[code], int(stats.loss_n[code]))
+        cols, vocab = self.layout.columns, self.layout.families[family]
+        for code in np.flatnonzero(stats.table[:, cols.f_n]).tolist():
+            row, label = stats.table[code].tolist(), vocab[code]
+            out.update(_group(family, label, row[cols.f_n], row[cols.f_c1], row[cols.f_c3], row[cols.f_chain],
+                              row[cols.f_pchain], row[cols.f_pchain_n], names))
+            if row[cols.f_loss_n]:
+                out[(family, label, "loss")] = ratio(stats.loss_fx[code], row[cols.f_loss_n])
         return out
 
     # ------------------------------------------------------------ serialisation
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe, lossless dict (big fixed-point sums as hex strings)."""
+        cols, counts = self.layout.columns, self.counts.tolist()
         return {
-            "n": self.n, "loss_n": self.loss_n, "loss_fx": hex(self.loss_fx),
-            "task_loss_n": list(self.task_loss_n), "task_loss_fx": [hex(v) for v in self.task_loss_fx],
-            "c1": self.c1.tolist(), "c3": self.c3.tolist(), "nonnull": self.nonnull.tolist(),
-            "c1_nonnull": self.c1_nonnull.tolist(), "c3_nonnull": self.c3_nonnull.tolist(),
-            "chain": self.chain, "pchain": self.pchain, "pchain_n": self.pchain_n,
+            "n": counts[cols.n], "loss_n": counts[cols.loss_n], "loss_fx": hex(self.loss_fx),
+            "task_loss_n": counts[cols.task_loss_n], "task_loss_fx": [hex(v) for v in self.task_loss_fx],
+            "c1": counts[cols.c1], "c3": counts[cols.c3], "nonnull": counts[cols.nonnull],
+            "c1_nonnull": counts[cols.c1_nonnull], "c3_nonnull": counts[cols.c3_nonnull],
+            "chain": counts[cols.chain], "pchain": counts[cols.pchain], "pchain_n": counts[cols.pchain_n],
             "t_min": _time_out(self.t_min), "t_max": _time_out(self.t_max), "max_step": self.max_step,
-            "families": {f: _family_to_dict(s) for f, s in self.families.items()},
+            "families": {f: _family_to_dict(s, cols) for f, s in self.families.items()},
         }
 
     @classmethod
     def from_dict(cls, layout: Layout, data: Mapping[str, Any]) -> Accumulator:
-        """Inverse of ``to_dict``."""
-        acc = cls(
-            layout=layout, n=int(data["n"]), loss_n=int(data["loss_n"]), loss_fx=int(data["loss_fx"], 16),
-            chain=int(data["chain"]), pchain=int(data["pchain"]), pchain_n=int(data["pchain_n"]),
-            t_min=_time_in(data["t_min"], math.inf), t_max=_time_in(data["t_max"], -math.inf),
-            max_step=int(data["max_step"]),
-            families={f: _family_from_dict(v) for f, v in data["families"].items()},
-        )
-        # set after construction: __post_init__ sizes empty arrays, these must keep their own shape
-        for name in ("c1", "c3", "nonnull", "c1_nonnull", "c3_nonnull"):
-            setattr(acc, name, np.array(data[name], dtype=np.int64))
-        acc.task_loss_n = [int(v) for v in data["task_loss_n"]]
-        acc.task_loss_fx = [int(v, 16) for v in data["task_loss_fx"]]
+        """Inverse of ``to_dict``; a part of the wrong size raises ValueError."""
+        cols = layout.columns
+        counts = np.zeros(cols.width, dtype=np.int64)
+        for name in ("c1", "c3", "nonnull", "c1_nonnull", "c3_nonnull", "task_loss_n"):
+            counts[getattr(cols, name)] = _ints(data[name], len(layout.tasks), name)
+        for name in ("chain", "pchain", "pchain_n", "n", "loss_n"):
+            counts[getattr(cols, name)] = int(data[name])
+        acc = cls(layout=layout, counts=counts, loss_fx=int(data["loss_fx"], 16),
+                  task_loss_fx=[int(v, 16) for v in data["task_loss_fx"]],
+                  t_min=_time_in(data["t_min"], math.inf), t_max=_time_in(data["t_max"], -math.inf),
+                  max_step=int(data["max_step"]),
+                  families={f: _family_from_dict(v, cols) for f, v in data["families"].items()})
+        if len(acc.task_loss_fx) != len(layout.tasks):  # __post_init__ would pad an empty list
+            raise ValueError(f"task_loss_fx must have {len(layout.tasks)} entries")
         return acc
+
+
+def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: str, hits: np.ndarray,
+                starts: np.ndarray, sizes: np.ndarray) -> None:
+    """Per-label sums of ``family`` for every batch that carries it, in one bincount."""
+    layout, cols = accs[0].layout, accs[0].layout.columns
+    having = [i for i, b in enumerate(batches) if family in b.subsets]
+    codes = [layout.codes(family, *batches[i].subsets[family]) for i in having]
+    labels = len(layout.families[family])
+    if len(having) == len(batches):
+        rows, code = hits[cols.family_rows], _joined(codes)
+    else:
+        take = np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in having])
+        rows, code = hits[cols.family_rows][:, take], _joined(codes)
+    owner = np.repeat(np.arange(len(having)), sizes[having])
+    cell = owner * labels + code
+    width = len(cols.family_rows)
+    keys = (cell[None, :] * cols.f_width + np.arange(width)[:, None])[rows]
+    sums = np.bincount(keys, minlength=len(having) * labels * cols.f_width)
+    sums[cols.f_n::cols.f_width] += np.bincount(cell, minlength=len(having) * labels)
+    tables = sums.reshape(len(having), labels, cols.f_width)
+    for j, i in enumerate(having):
+        stats = FamilyStats(tables[j], [0] * labels)
+        losses = batches[i].sample_losses
+        if losses is not None:
+            stats.loss_fx = fixed_sums_by_label(losses, codes[j], labels)
+            stats.table[:, cols.f_loss_n] = stats.table[:, cols.f_n]
+        accs[i].families[family] = stats
+
+
+def _ints(values: Any, size: int, name: str) -> np.ndarray:
+    array = np.array(values, dtype=np.int64)
+    if array.shape != (size,):
+        raise ValueError(f"{name} has shape {array.shape}, expected ({size},)")
+    return array
 
 
 def _pct(correct: Any, total: Any) -> float:
@@ -358,15 +381,28 @@ def _time_in(value: Any, default: float) -> float:
     return default if value is None else float(value)
 
 
-def _family_to_dict(stats: FamilyStats) -> dict[str, Any]:
-    names = ("n", "c1", "c3", "chain", "pchain", "pchain_n", "loss_n")
-    out: dict[str, Any] = {k: getattr(stats, k).tolist() for k in names}
+def _family_to_dict(stats: FamilyStats, cols: Columns) -> dict[str, Any]:
+    table = stats.table
+    out: dict[str, Any] = {"n": table[:, cols.f_n].tolist(), "c1": table[:, cols.f_c1].tolist(),
+                           "c3": table[:, cols.f_c3].tolist(), "chain": table[:, cols.f_chain].tolist(),
+                           "pchain": table[:, cols.f_pchain].tolist(), "pchain_n": table[:, cols.f_pchain_n].tolist(),
+                           "loss_n": table[:, cols.f_loss_n].tolist()}
     out["loss_fx"] = [hex(v) for v in stats.loss_fx]
     return out
 
 
-def _family_from_dict(data: Mapping[str, Any]) -> FamilyStats:
-    arrays = {k: np.array(data[k], dtype=np.int64) for k in ("n", "chain", "pchain", "pchain_n", "loss_n")}
-    labels = arrays["n"].shape[0]
-    matrices = {k: np.array(data[k], dtype=np.int64).reshape(labels, -1) for k in ("c1", "c3")}
-    return FamilyStats(**arrays, **matrices, loss_fx=[int(v, 16) for v in data["loss_fx"]])
+def _family_from_dict(data: Mapping[str, Any], cols: Columns) -> FamilyStats:
+    n = np.array(data["n"], dtype=np.int64)
+    if n.ndim != 1:
+        raise ValueError(f"family n has shape {n.shape}, expected one count per label")
+    labels, tasks = n.shape[0], cols.f_c1.stop
+    table = np.zeros((labels, cols.f_width), dtype=np.int64)
+    table[:, cols.f_n] = n
+    for name in ("chain", "pchain", "pchain_n", "loss_n"):
+        table[:, getattr(cols, f"f_{name}")] = _ints(data[name], labels, name)
+    for name in ("c1", "c3"):
+        table[:, getattr(cols, f"f_{name}")] = np.array(data[name], dtype=np.int64).reshape(labels, tasks)
+    loss_fx = [int(v, 16) for v in data["loss_fx"]]
+    if len(loss_fx) != labels:
+        raise ValueError(f"family loss_fx has {len(loss_fx)} entries for {labels} labels")
+    return FamilyStats(table, loss_fx)
