@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from client._wire import TaskInfo
+from client._wire import BatchEvent, TaskInfo
 from service.core.exact import fixed, fixed_sum, fixed_sums_by_label, ratio
 from service.core.state import Accumulator, Layout
 from tests.conftest import TASKS, make_run, to_event
@@ -82,3 +82,49 @@ def test_exact_sums_are_exact() -> None:
     by_label = fixed_sums_by_label(values, labels, 5)
     assert by_label == [sum(fixed(v) for v, lab in zip(values.tolist(), labels.tolist()) if lab == k) for k in range(5)]
     assert ratio(fixed(0.1) * 3, 3) == 0.1
+
+
+def _with_wider_topk(rec, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """The same record with extra top-k columns (k = 5) that never hold the target."""
+    for name, classes, _ in TASKS:
+        if classes < 5:
+            continue
+        rows = []
+        for y, row in zip(rec.targets[name], rec.topk[name], strict=True):
+            spare = [c for c in range(classes) if c != y and c not in row]
+            rows.append(row + [int(c) for c in rng.choice(spare, 2, replace=False)])
+        rec.topk[name] = rows
+    return rec
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_a_delivery_computed_at_once_equals_one_batch_at_a_time_and_the_reference(seed: int) -> None:
+    data = make_run(seed, world_size=2, steps_per_epoch=6, epochs=1)
+    rng = np.random.default_rng(seed)
+    recs = [_with_wider_topk(r, rng) if rng.random() < 0.3 else r for r in data.recs]
+    layout = _layout()
+    together = Accumulator(layout)
+    for delta in Accumulator.of_batches(layout, [to_event(r) for r in recs]):
+        together.merge(delta)
+    assert together.compute() == window_metrics(recs, data.tasks)
+    assert together.to_dict() == _acc(_layout(), recs).to_dict()
+    assert any(r.sample_losses is not None for r in recs) and any("mask" not in r.subsets for r in recs)
+
+
+def test_tasks_with_fewer_than_three_classes_mix_k_within_a_delivery() -> None:
+    rng = np.random.default_rng(4)
+    layout = Layout((TaskInfo("sex", 2, 0),))
+    batches = []
+    for k in (2, 3, 2, 3):
+        y = rng.integers(0, 2, 9)
+        top = rng.integers(0, 2, (9, k))
+        batches.append(BatchEvent(step=1, epoch=0, phase="train", time=0.0, targets={"sex": y},
+                                  topk={"sex": top}, sizes=[9]))
+    together = Accumulator(layout)
+    for delta in Accumulator.of_batches(layout, batches):
+        together.merge(delta)
+    got = together.compute()
+    c1 = sum(int((b.topk["sex"][:, 0] == b.targets["sex"]).sum()) for b in batches)
+    c3 = sum(sum(int(y in row) for y, row in zip(b.targets["sex"].tolist(), b.topk["sex"].tolist(), strict=True))
+             for b in batches)
+    assert got[(None, None, "acc1_sex")] == 100 * c1 / 36 and got[(None, None, "acc3_sex")] == 100 * c3 / 36
