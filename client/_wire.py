@@ -46,6 +46,10 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-]{1,128}$")
 SCALAR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-][A-Za-z0-9_.:+=@/-]{0,199}$")
 MAX_STEP = 2**53
 MAX_ARRAY_DIMS = 4
+MAX_REMEMBERED_NAMES = 100_000
+_GOOD_NAMES: set[str] = set()
+_INT_TYPE = frozenset({int})
+_DTYPES = {d.str: d for d in map(np.dtype, ("<i1", "<i2", "<i4", "<i8", "<u1", "<u2", "<u4", "<u8", "<f4", "<f8"))}
 
 
 #: A subset family's labels: (vocabulary, codes per sample), or (label per sample, empty) before encoding.
@@ -152,19 +156,30 @@ def decode_array(obj: Any, name: str, kind: str) -> np.ndarray:
 
 def _decode_raw(obj: Mapping[str, Any], name: str) -> np.ndarray:
     try:
-        dtype = np.dtype(str(obj["dtype"]))
-        raw_shape = list(obj["shape"])
-        data = obj["data"]
-    except (KeyError, TypeError, ValueError) as exc:
+        raw_dtype, raw_shape, data = obj["dtype"], obj["shape"], obj["data"]
+    except (KeyError, TypeError) as exc:
         raise WireError(f"{name}: a binary array needs dtype, shape and data ({exc})") from exc
-    if len(raw_shape) > MAX_ARRAY_DIMS or not all(_is_int(d) for d in raw_shape):
+    dtype = _DTYPES.get(raw_dtype) if type(raw_dtype) is str else None
+    if dtype is None:
+        dtype = _parse_dtype(raw_dtype, name)
+    if type(raw_shape) is not list or len(raw_shape) > MAX_ARRAY_DIMS or not _INT_TYPE.issuperset(map(type, raw_shape)):
         raise WireError(f"{name}: shape must be at most {MAX_ARRAY_DIMS} integers, got {raw_shape!r}"[:300])
-    shape = tuple(int(d) for d in raw_shape)
-    if dtype.kind not in "iuf" or not isinstance(data, bytes | bytearray):
-        raise WireError(f"{name}: unsupported binary array dtype {dtype.str!r}")
-    if any(d < 0 for d in shape) or math.prod(shape) * dtype.itemsize != len(data):
+    shape = tuple(raw_shape)
+    if not isinstance(data, bytes | bytearray):
+        raise WireError(f"{name}: binary array data must be bytes, got {type(data).__name__}")
+    if min(shape, default=0) < 0 or math.prod(shape) * dtype.itemsize != len(data):
         raise WireError(f"{name}: {len(data)} bytes do not fill shape {list(shape)} of {dtype.str}")
-    return np.frombuffer(bytes(data), dtype=dtype).reshape(shape)
+    return np.frombuffer(data if type(data) is bytes else bytes(data), dtype=dtype).reshape(shape)
+
+
+def _parse_dtype(raw: Any, name: str) -> np.dtype[Any]:
+    try:
+        dtype = np.dtype(str(raw))
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"{name}: a binary array needs dtype, shape and data ({exc})"[:300]) from exc
+    if dtype.kind not in "iuf":
+        raise WireError(f"{name}: unsupported binary array dtype {dtype.str!r}")
+    return dtype
 
 
 def _decode_list(obj: list[Any], name: str, kind: str) -> np.ndarray:
@@ -198,9 +213,11 @@ def _check_kind(array: np.ndarray, name: str, kind: str) -> np.ndarray:
     if kind == "int":
         if array.dtype.kind not in "iu":
             raise WireError(f"{name}: expected integer class indices, got dtype {array.dtype}")
-        if array.dtype == np.uint64 and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        if array.dtype.kind == "i" or array.dtype.itemsize < 8:  # fits int64 as it is: no copy
+            return array
+        if array.size and int(array.max()) > np.iinfo(np.int64).max:
             raise WireError(f"{name}: class index {int(array.max())} out of range")
-        return array.astype(np.int64, copy=False)
+        return array.astype(np.int64)
     if array.dtype.kind not in "iuf":
         raise WireError(f"{name}: expected numbers, got dtype {array.dtype}")
     array = array.astype(np.float64, copy=False)
@@ -466,8 +483,12 @@ def _time(obj: Mapping[str, Any], where: str) -> float:
 
 
 def _check_name(value: Any, where: str) -> str:
+    if type(value) is str and value in _GOOD_NAMES:  # names repeat in every record: match each once
+        return value
     if not isinstance(value, str) or not NAME_PATTERN.match(value):
         raise WireError(f"{where}: invalid name {value!r} (allowed: {NAME_PATTERN.pattern})")
+    if len(_GOOD_NAMES) < MAX_REMEMBERED_NAMES:
+        _GOOD_NAMES.add(value)
     return value
 
 
@@ -486,20 +507,36 @@ def _scalar_name(value: Any, where: str) -> str:
 
 def check_batch_against(batch: BatchEvent, tasks: Sequence[TaskInfo], where: str = "batch") -> None:
     """Check a batch against the run's tasks: names, shapes, k and class ranges."""
-    names = [t.name for t in tasks]
+    check_batches_against([batch], tasks, [where])
+
+
+def check_batches_against(batches: Sequence[BatchEvent], tasks: Sequence[TaskInfo], wheres: Sequence[str]) -> None:
+    """``check_batch_against`` for many batches, the class ranges checked task by task for all at once."""
+    for batch, where in zip(batches, wheres, strict=True):
+        _check_names(batch, tasks, where)
+        for task in tasks:
+            _check_task_shape(batch, task, where)
+    for task in tasks if batches else ():
+        arrays = [a.reshape(-1) for b in batches for a in (b.targets[task.name], b.topk[task.name])]
+        joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        if joined.size and (joined.min() < 0 or joined.max() >= task.num_classes):
+            for batch, where in zip(batches, wheres, strict=True):  # find the first bad one, to name it
+                _check_task_range(batch, task, where)
+
+
+def _check_names(batch: BatchEvent, tasks: Sequence[TaskInfo], where: str) -> None:
+    names = {t.name for t in tasks}
     for key in ("targets", "topk"):
         got = getattr(batch, key)
-        if set(got) != set(names):
-            missing, extra = sorted(set(names) - set(got)), sorted(set(got) - set(names))
+        if got.keys() != names:
+            missing, extra = sorted(names - set(got)), sorted(set(got) - names)
             raise WireError(f"{where}.{key}: tasks do not match the run (missing {missing}, unknown {extra})")
-    unknown = sorted(set(batch.task_losses) - set(names))
+    unknown = sorted(set(batch.task_losses) - names)
     if unknown:
         raise WireError(f"{where}.task_losses: unknown task(s) {unknown}")
-    for task in tasks:
-        _check_task_arrays(batch, task, where)
 
 
-def _check_task_arrays(batch: BatchEvent, task: TaskInfo, where: str) -> None:
+def _check_task_shape(batch: BatchEvent, task: TaskInfo, where: str) -> None:
     size = batch.batch_size
     topk = batch.topk[task.name]
     min_k = min(MIN_TOPK, task.num_classes)  # a task with fewer classes than 3 sends them all
@@ -508,7 +545,10 @@ def _check_task_arrays(batch: BatchEvent, task: TaskInfo, where: str) -> None:
             f"{where}.topk.{task.name}: expected shape [{size}, k] with {min_k} <= k <= {MAX_TOPK}, "
             f"got {list(topk.shape)}"
         )
-    for key, array in (("targets", batch.targets[task.name]), ("topk", topk)):
+
+
+def _check_task_range(batch: BatchEvent, task: TaskInfo, where: str) -> None:
+    for key, array in (("targets", batch.targets[task.name]), ("topk", batch.topk[task.name])):
         if array.size and (array.min() < 0 or array.max() >= task.num_classes):
             bad = array[(array < 0) | (array >= task.num_classes)].flat[0]
             raise WireError(

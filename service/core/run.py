@@ -24,7 +24,7 @@ from client._wire import (
     Event,
     ScalarEvent,
     WireError,
-    check_batch_against,
+    check_batches_against,
     decode_event,
     encode_event,
 )
@@ -105,6 +105,11 @@ class RunState:
         """Raise if any event is invalid for this run and rank; changes nothing."""
         if self.finished:
             raise RunFinished(f"run {self.spec.run_id!r} is finished and takes no more events")
+        batches = [(e, f"events[{i}]") for i, e in enumerate(events) if isinstance(e, BatchEvent)]
+        try:
+            check_batches_against([b for b, _ in batches], self.spec.tasks, [w for _, w in batches])
+        except WireError as exc:
+            raise InvalidInput(str(exc)) from exc
         state = self.accepted[rank].copy()
         for i, event in enumerate(events):
             self._check_one(state, event, f"events[{i}]")
@@ -118,10 +123,6 @@ class RunState:
             self._check_directions(event, where)
 
     def _check_batch(self, state: RankState, batch: BatchEvent, where: str) -> None:
-        try:
-            check_batch_against(batch, self.spec.tasks, where)
-        except WireError as exc:
-            raise InvalidInput(str(exc)) from exc
         if NULL_FAMILY in batch.subsets:
             raise InvalidInput(f"{where}.subsets: the family name {NULL_FAMILY!r} is reserved")
         if batch.epoch in state.ended.get(batch.phase, ()):
