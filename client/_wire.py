@@ -255,15 +255,19 @@ def _reject_constant(token: str) -> Any:
 # ---------------------------------------------------------------- encoding events
 
 
-def encode_event(event: Event, binary: bool) -> dict[str, Any]:
-    """Turn a decoded event back into its wire form."""
+def encode_event(event: Event, binary: bool, index_types: Mapping[str, np.dtype[Any]] | None = None) -> dict[str, Any]:
+    """Turn a decoded event back into its wire form.
+
+    Binary bodies carry class indices as int32, or as ``index_types[task]`` when given
+    (``index_type(num_classes)``: one or two bytes for most tasks).
+    """
     if isinstance(event, BatchEvent):
-        return _encode_batch(event, binary)
+        return _encode_batch(event, binary, index_types or {})
     out = {k: v for k, v in vars(event).items() if not (k == "higher_is_better" and not v)}
     return out
 
 
-def _encode_batch(event: BatchEvent, binary: bool) -> dict[str, Any]:
+def _encode_batch(event: BatchEvent, binary: bool, index_types: Mapping[str, np.dtype[Any]]) -> dict[str, Any]:
     single = len(event.sizes) == 1
     out: dict[str, Any] = {
         "kind": "batch",
@@ -271,8 +275,8 @@ def _encode_batch(event: BatchEvent, binary: bool) -> dict[str, Any]:
         "epoch": event.epoch,
         "phase": event.phase,
         "time": event.time,
-        "targets": {t: encode_array(_indices(a, binary), binary) for t, a in event.targets.items()},
-        "topk": {t: encode_array(_indices(a, binary), binary) for t, a in event.topk.items()},
+        "targets": {t: encode_array(_indices(a, binary, index_types.get(t)), binary) for t, a in event.targets.items()},
+        "topk": {t: encode_array(_indices(a, binary, index_types.get(t)), binary) for t, a in event.topk.items()},
     }
     if not single:
         out["sizes"] = list(event.sizes)
@@ -287,9 +291,16 @@ def _encode_batch(event: BatchEvent, binary: bool) -> dict[str, Any]:
     return out
 
 
-def _indices(array: np.ndarray, binary: bool) -> np.ndarray:
-    """Class indices travel as int32 in binary bodies: half the bytes, every index fits (< 2**31)."""
-    return array.astype(np.int32, copy=False) if binary and array.dtype.itemsize > 4 else array
+def index_type(num_classes: int) -> np.dtype[Any]:
+    """The narrowest little-endian dtype that holds every class index of a task."""
+    return np.dtype("<u1" if num_classes <= 2**8 else "<u2" if num_classes <= 2**16 else "<i4")
+
+
+def _indices(array: np.ndarray, binary: bool, dtype: np.dtype[Any] | None) -> np.ndarray:
+    """Binary bodies: indices as ``dtype`` (checked against the task's classes) or int32 (< 2**31)."""
+    if not binary:
+        return array
+    return array.astype(dtype or np.int32, copy=False) if dtype or array.dtype.itemsize > 4 else array
 
 
 def _encode_labels(labels: Sequence[str], codes: np.ndarray, binary: bool) -> Any:

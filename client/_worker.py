@@ -34,7 +34,7 @@ from client._errors import ServiceRejected, ServiceUnavailable, SessionFenced
 from client._ledger import Counters, LossLog
 from client._queue import EventQueue
 from client._transport import Backoff, Transport
-from client._wire import Event, encode_event
+from client._wire import Event, encode_event, index_type
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ class Worker:
     ) -> None:
         self._transport = transport
         self._run_spec = run_spec
+        # indices were range-checked when logged: each task's fit its narrowest type
+        self._index_types = {t["name"]: index_type(t["num_classes"]) for t in run_spec["tasks"]}
         self._run_path = f"/v1/runs/{run_spec['run_id']}"
         self._rank = rank
         self._cfg = config
@@ -234,7 +236,7 @@ class Worker:
             delivery = self._inflight
         if delivery is not None and not delivery.encoded:
             binary = self._transport.binary
-            delivery.encoded = [encode_event(merge(p), binary) for p in delivery.parts]
+            delivery.encoded = [encode_event(merge(p), binary, self._index_types) for p in delivery.parts]
         return delivery
 
     def _ensure_session(self) -> bool:

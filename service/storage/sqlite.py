@@ -24,6 +24,7 @@ from service.core.errors import StoreUnavailable
 
 log = logging.getLogger("linnaeus_metrics.storage")
 SCHEMA_VERSION = 1
+PAGE_BYTES = 65_536
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (
@@ -64,6 +65,9 @@ class SqliteStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            # journal rows are whole delivery bodies (often MBs): large pages copy and checksum them
+            # in a fraction of the time of 4 KiB ones; it only takes effect on a new file
+            self._db.execute(f"PRAGMA page_size={PAGE_BYTES}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(SCHEMA)

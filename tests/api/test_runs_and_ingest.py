@@ -194,7 +194,7 @@ async def test_disk_full_is_503_not_ready_then_ready_again(tmp_path: Any) -> Non
 
     settings = Settings(data_dir=tmp_path / "d", durable=True, wandb_enabled=False)
     app = create_app(settings, sinks=[])
-    data = make_run(8, world_size=1, steps_per_epoch=4, epochs=1)
+    data = make_run(8, world_size=1, steps_per_epoch=4, epochs=1, batch=(2000, 2000))  # needs new pages
     async with LifespanManager(app) as manager, httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://t") as api:
         await api.post("/v1/runs", json=data.spec("r", METRICS))

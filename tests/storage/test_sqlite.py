@@ -94,7 +94,8 @@ def test_damaged_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_disk_full_refuses_the_write_and_applies_nothing(tmp_path: Path) -> None:
     from service.core.errors import StoreUnavailable as Full
 
-    data = make_run(6, world_size=1, steps_per_epoch=6, epochs=1)
+    # batches large enough that the delivery needs new pages (64 KiB each), not just free space in old ones
+    data = make_run(6, world_size=1, steps_per_epoch=6, epochs=1, batch=(2000, 2000))
     path = tmp_path / "m.sqlite3"
     live = _registry(path, 1_000_000)
     live.create_run(data.spec("r", METRICS))
