@@ -33,7 +33,7 @@ from client._errors import (
     InvalidType,
     ServiceUnavailable,
 )
-from client._fastpath import FastBatches
+from client._fastpath import FastBatches, Record
 from client._progress import RankProgress
 from client._records import build_batch, build_scalar, check_int, check_name
 from client._spec import (
@@ -218,7 +218,7 @@ class MetricsClient:
         if type(phase) is not str or phase not in self._phases:
             self._phases.add(check_name(phase, "phase"))
         now = float(self._clock())
-        event = None
+        event: Record | None = None
         if logits is None and sample_losses is None:
             event = self._fast.build(step, epoch, phase, now, loss, task_losses, targets, topk, subsets)
         event = event or build_batch(

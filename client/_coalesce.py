@@ -23,7 +23,7 @@ from typing import cast
 
 import numpy as np
 
-from client._fastpath import encode_labels, raw_label_bytes
+from client._fastpath import PackedBatch, Record, raw_label_bytes, unpacked
 from client._wire import BatchEvent, Event, Labels, ScalarEvent
 
 Key = tuple[Hashable, ...]
@@ -31,10 +31,14 @@ Key = tuple[Hashable, ...]
 RECORD_OVERHEAD_BYTES = 128
 
 
-def coalesce_key(event: Event, barrier: int) -> Key | None:
+def coalesce_key(event: Record, barrier: int) -> Key | None:
     """The merge key of a data record, or None for control records (never merged)."""
     if isinstance(event, ScalarEvent):
         return (event.kind, barrier, event.step)
+    if isinstance(event, PackedBatch):  # the key its BatchEvent has: packed and unpacked records merge
+        return ("batch", barrier, event.step, event.epoch, event.phase, event.losses is None, True,
+                tuple(sorted(event.task_losses)), tuple(sorted(event.subsets)),
+                tuple(sorted(zip(event.layout.names, event.layout.ks, strict=True))))
     if not isinstance(event, BatchEvent):
         return None
     return (
@@ -51,8 +55,10 @@ def coalesce_key(event: Event, barrier: int) -> Key | None:
     )
 
 
-def record_nbytes(event: Event) -> int:
+def record_nbytes(event: Record) -> int:
     """A cheap estimate of a record's encoded size."""
+    if isinstance(event, PackedBatch):
+        return RECORD_OVERHEAD_BYTES + event.flat.nbytes + raw_label_bytes(event.subsets)
     if isinstance(event, ScalarEvent):
         return RECORD_OVERHEAD_BYTES + 48 * len(event.values)
     if not isinstance(event, BatchEvent):
@@ -67,14 +73,14 @@ def record_nbytes(event: Event) -> int:
     return RECORD_OVERHEAD_BYTES + sum(a.nbytes for a in arrays) + raw_label_bytes(event.subsets)
 
 
-def record_samples(event: Event) -> int:
+def record_samples(event: Record) -> int:
     """Samples in a record (0 for scalars and control records)."""
-    return event.batch_size if isinstance(event, BatchEvent) else 0
+    return event.batch_size if isinstance(event, BatchEvent | PackedBatch) else 0
 
 
-def merge(parts: Sequence[Event]) -> Event:
+def merge(records: Sequence[Record]) -> Event:
     """Merge records that share a coalesce key, in logging order, into one."""
-    parts = [encode_labels(p) for p in parts]
+    parts = [unpacked(r) for r in records]
     if len(parts) == 1:
         return parts[0]
     if isinstance(parts[0], BatchEvent):

@@ -33,15 +33,51 @@ _SHAPE_AND_DTYPE = operator.attrgetter("shape", "dtype")
 class _Layout:
     """Where each task's arrays lie in the concatenated buffer, and their bounds."""
 
-    __slots__ = ("bound", "size", "slices")
+    __slots__ = ("bound", "ks", "names", "size", "slices")
 
-    def __init__(self, size: int, ks: Sequence[int], limits: Sequence[int]) -> None:
-        self.size = size
+    def __init__(self, names: Sequence[str], size: int, ks: Sequence[int], limits: Sequence[int]) -> None:
+        self.names, self.size, self.ks = list(names), size, tuple(ks)
         counts = [size] * len(ks) + [size * k for k in ks]
         self.bound = np.repeat(np.array([*limits, *limits], dtype=np.uint64), counts)
         ends = np.cumsum(counts).tolist()
         shapes = [None] * len(ks) + [(size, k) for k in ks]
         self.slices = [(slice(end - n, end), shape) for end, n, shape in zip(ends, counts, shapes, strict=True)]
+
+
+class PackedBatch:
+    """A checked batch as the fast path leaves it: every index array in one buffer, labels raw.
+
+    The sender thread turns it into a ``BatchEvent`` (``unpacked``): the training thread
+    only copies and checks.
+    """
+
+    __slots__ = ("epoch", "flat", "layout", "losses", "phase", "step", "subsets", "task_losses", "time")
+    kind = "batch"
+
+    def __init__(self, step: int, epoch: int, phase: str, time: float, flat: np.ndarray, layout: _Layout,
+                 losses: list[float] | None, task_losses: dict[str, list[float]], subsets: dict[str, Labels]) -> None:
+        self.step, self.epoch, self.phase, self.time = step, epoch, phase, time
+        self.flat, self.layout = flat, layout
+        self.losses, self.task_losses, self.subsets = losses, task_losses, subsets
+
+    @property
+    def batch_size(self) -> int:
+        """Samples in the record."""
+        return self.layout.size
+
+    def unpack(self) -> BatchEvent:
+        """The ``BatchEvent`` (arrays are views of the buffer; labels still raw)."""
+        parts = [self.flat[at] if shape is None else self.flat[at].reshape(shape) for at, shape in self.layout.slices]
+        names, count = self.layout.names, len(self.layout.names)
+        return BatchEvent(step=self.step, epoch=self.epoch, phase=self.phase, time=self.time,
+                          targets=dict(zip(names, parts[:count], strict=True)),
+                          topk=dict(zip(names, parts[count:], strict=True)),
+                          sizes=[self.layout.size], losses=self.losses, task_losses=self.task_losses,
+                          subsets=dict(self.subsets))
+
+
+#: What the client queues: wire events, and batches still packed by the fast path.
+Record = Event | PackedBatch
 
 
 class FastBatches:
@@ -57,7 +93,7 @@ class FastBatches:
         self._labels: dict[str, set[str]] = {}
 
     def build(self, step: int, epoch: int, phase: str, time: float, loss: Any, task_losses: Any,
-              targets: Any, topk: Any, subsets: Any) -> BatchEvent | None:
+              targets: Any, topk: Any, subsets: Any) -> PackedBatch | None:
         """The record, or None when the thorough path must decide."""
         arrays = self._arrays(targets, topk)
         if arrays is None:
@@ -70,11 +106,7 @@ class FastBatches:
         labels = self._subsets(subsets, layout.size) if subsets else {}
         if per_task is None or labels is None:
             return None
-        parts = [flat[at] if shape is None else flat[at].reshape(shape) for at, shape in layout.slices]
-        return BatchEvent(step=step, epoch=epoch, phase=phase, time=time,
-                          targets=dict(zip(self.names, parts[:self.count], strict=True)),
-                          topk=dict(zip(self.names, parts[self.count:], strict=True)),
-                          sizes=[layout.size], losses=losses, task_losses=per_task, subsets=labels)
+        return PackedBatch(step, epoch, phase, time, flat, layout, losses, per_task, labels)
 
     def _arrays(self, targets: Any, topk: Any) -> tuple[_Layout, np.ndarray] | None:
         if type(targets) is not dict or type(topk) is not dict or len(targets) != self.count \
@@ -108,7 +140,7 @@ class FastBatches:
             return None
         if len(self._layouts) >= MAX_LAYOUTS:
             self._layouts.clear()
-        layout = self._layouts[key] = _Layout(size, [p[1] for p in ps], self.limits)
+        layout = self._layouts[key] = _Layout(self.names, size, [p[1] for p in ps], self.limits)
         return layout
 
     def _task_losses(self, task_losses: Any) -> dict[str, list[float]] | None:
@@ -162,6 +194,11 @@ def _numbers(values: list[Any]) -> list[float] | None:
     except OverflowError:  # an int too large for a float: the thorough path says so
         return None
     return numbers if math.isfinite(sum(numbers)) else None
+
+
+def unpacked(record: Record) -> Event:
+    """The wire event of a queued record, labels dictionary-encoded (on the sender thread)."""
+    return encode_labels(record.unpack() if isinstance(record, PackedBatch) else record)
 
 
 def encode_labels(event: Event) -> Event:

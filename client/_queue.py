@@ -19,7 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from client._coalesce import Key, coalesce_key, record_nbytes, record_samples
-from client._wire import BatchEvent, Event, ScalarEvent
+from client._fastpath import PackedBatch, Record
+from client._wire import BatchEvent, ScalarEvent
 
 MAX_RECORD_BYTES = 4 * 2**20
 MAX_RECORD_SAMPLES = 16_384  # well under the service's default limit per record (65,536)
@@ -29,7 +30,7 @@ MAX_RECORD_SAMPLES = 16_384  # well under the service's default limit per record
 class _Entry:
     nbytes: int
     samples: int
-    parts: list[Event] = field(default_factory=list)
+    parts: list[Record] = field(default_factory=list)
     barrier: int = 0  # control records queued before this one (records never merge across one)
     control: bool = False
     key: Key | None = None  # computed once the queue is indexed
@@ -38,7 +39,7 @@ class _Entry:
     def can_take(self, nbytes: int, samples: int, max_bytes: int) -> bool:
         return self.nbytes + nbytes <= max_bytes and self.samples + samples <= MAX_RECORD_SAMPLES
 
-    def take_in(self, parts: list[Event], nbytes: int, samples: int) -> None:
+    def take_in(self, parts: list[Record], nbytes: int, samples: int) -> None:
         self.parts.extend(parts)
         self.nbytes += nbytes
         self.samples += samples
@@ -84,7 +85,7 @@ class EventQueue:
         """Logged records held (a merged record counts each of its parts)."""
         return self._records
 
-    def put(self, event: Event) -> Admission:
+    def put(self, event: Record) -> Admission:
         """Queue ``event``, merging or dropping data records when full."""
         if self._live < self.max_items:
             self._append(event)
@@ -102,9 +103,9 @@ class EventQueue:
         self._append(event)
         return Admission(coalesced, dropped)
 
-    def take(self, max_events: int, max_bytes: int) -> list[list[Event]]:
+    def take(self, max_events: int, max_bytes: int) -> list[list[Record]]:
         """Remove up to ``max_events`` records (at least one if any) of about ``max_bytes``."""
-        taken: list[list[Event]] = []
+        taken: list[list[Record]] = []
         size = 0
         while self._entries and len(taken) < max_events:
             entry = self._entries[0]
@@ -123,8 +124,8 @@ class EventQueue:
         self._reset()
         return dropped
 
-    def _append(self, event: Event) -> None:
-        control = not isinstance(event, BatchEvent | ScalarEvent)
+    def _append(self, event: Record) -> None:
+        control = not isinstance(event, BatchEvent | PackedBatch | ScalarEvent)
         entry = _Entry(record_nbytes(event), record_samples(event), [event], self._barriers, control)
         self._barriers += control
         self._entries.append(entry)
@@ -152,7 +153,7 @@ class EventQueue:
             self._dirty.add(entry.key)
         same.append(entry)
 
-    def _absorb(self, key: Key, event: Event) -> bool:
+    def _absorb(self, key: Key, event: Record) -> bool:
         same = self._by_key.get(key)
         nbytes, samples = record_nbytes(event), record_samples(event)
         if not same or not same[-1].can_take(nbytes, samples, self.max_record_bytes):

@@ -31,10 +31,11 @@ from typing import Any
 
 from client._coalesce import merge
 from client._errors import ServiceRejected, ServiceUnavailable, SessionFenced
+from client._fastpath import Record
 from client._ledger import Counters, LossLog
 from client._queue import EventQueue
 from client._transport import Backoff, Transport
-from client._wire import Event, encode_event, index_type
+from client._wire import encode_event, index_type
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class WorkerConfig:
 class _Delivery:
     """Records on their way: merged parts, their wire form, logged records per part."""
 
-    parts: list[list[Event]]
+    parts: list[list[Record]]
     encoded: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -127,7 +128,7 @@ class Worker:
 
     # ------------------------------------------------------------ producer side (any thread)
 
-    def put(self, event: Event) -> None:
+    def put(self, event: Record) -> None:
         """Queue a record; O(1) unless the queue is full. Never blocks on the network."""
         with self._lock:
             self._stats.queued += 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client._fastpath import FastBatches, encode_labels
+from client._fastpath import FastBatches, unpacked
 from client._records import build_batch
-from client._wire import TaskInfo, encode_event
+from client._wire import BatchEvent, TaskInfo, encode_event
 
 TASKS = [TaskInfo("a", 5), TaskInfo("b", 2000, 3), TaskInfo("c", 2)]
 
@@ -34,14 +34,15 @@ def test_fast_equals_thorough(seed: int) -> None:
     event = fast.build(3, 1, "train", 7.0, args["loss"], args["task_losses"], args["targets"], args["topk"],
                        args["subsets"])
     assert event is not None
-    assert encode_event(encode_labels(event), binary=True) == _slow(args)
+    assert encode_event(unpacked(event), binary=True) == _slow(args)
 
 
 def test_fast_path_copies_the_callers_buffers() -> None:
     rng = np.random.default_rng(1)
     args = _inputs(rng, 8)
-    event = FastBatches(TASKS).build(1, 0, "train", 0.0, None, None, args["targets"], args["topk"], None)
-    assert event is not None
+    packed = FastBatches(TASKS).build(1, 0, "train", 0.0, None, None, args["targets"], args["topk"], None)
+    assert packed is not None
+    event = packed.unpack()
     before = event.targets["a"].copy(), event.topk["b"].copy()
     args["targets"]["a"][:] = args["targets"]["a"] + 1
     args["topk"]["b"][:] = args["topk"]["b"] + 1
@@ -77,4 +78,23 @@ def test_numpy_label_arrays_take_the_fast_path_and_equal_the_thorough_one() -> N
     event = FastBatches(TASKS).build(3, 1, "train", 7.0, args["loss"], args["task_losses"], args["targets"],
                                      args["topk"], args["subsets"])
     assert event is not None
-    assert encode_event(encode_labels(event), binary=True) == _slow(args)
+    assert encode_event(unpacked(event), binary=True) == _slow(args)
+
+
+def test_a_packed_record_merges_with_a_thorough_one_of_the_same_step() -> None:
+    from client._coalesce import coalesce_key, merge, record_nbytes, record_samples
+
+    rng = np.random.default_rng(12)
+    first, second = _inputs(rng, 7), _inputs(rng, 5)
+    packed = FastBatches(TASKS).build(3, 1, "train", 7.0, first["loss"], first["task_losses"], first["targets"],
+                                      first["topk"], first["subsets"])
+    assert packed is not None
+    slow = build_batch(TASKS, step=3, epoch=1, phase="train", time=8.0, logits=None, sample_losses=None, **second)
+    assert coalesce_key(packed, 2) == coalesce_key(slow, 2) is not None
+    assert record_samples(packed) == 7 and record_nbytes(packed) >= packed.flat.nbytes
+    merged = merge([packed, slow])
+    assert isinstance(merged, BatchEvent) and merged.sizes == [7, 5] and merged.time == 8.0
+    for task in ("a", "b", "c"):
+        assert merged.targets[task].tolist() == [*first["targets"][task].tolist(), *second["targets"][task].tolist()]
+    vocabulary, codes = merged.subsets["rarity"]
+    assert [vocabulary[c] for c in codes.tolist()] == first["subsets"]["rarity"] + second["subsets"]["rarity"]
