@@ -19,7 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from client._wire import MAX_TOPK, MIN_TOPK, NAME_PATTERN, RESERVED_FAMILY, BatchEvent, Event, Labels, TaskInfo
+from client._wire import (
+    MAX_TOPK,
+    MIN_TOPK,
+    NAME_PATTERN,
+    RESERVED_FAMILY,
+    BatchEvent,
+    Event,
+    Labels,
+    TaskInfo,
+    index_type,
+)
 
 #: Marks labels not dictionary-encoded yet: ``subsets[family] == (labels per sample, RAW_CODES)``.
 RAW_CODES = np.empty(0, dtype=np.int64)
@@ -33,10 +43,11 @@ _SHAPE_AND_DTYPE = operator.attrgetter("shape", "dtype")
 class _Layout:
     """Where each task's arrays lie in the concatenated buffer, and their bounds."""
 
-    __slots__ = ("bound", "ks", "names", "size", "slices")
+    __slots__ = ("bound", "dtype", "ks", "names", "size", "slices")
 
     def __init__(self, names: Sequence[str], size: int, ks: Sequence[int], limits: Sequence[int]) -> None:
         self.names, self.size, self.ks = list(names), size, tuple(ks)
+        self.dtype = index_type(max(limits))  # what the checked buffer is kept as while it waits
         counts = [size] * len(ks) + [size * k for k in ks]
         self.bound = np.repeat(np.array([*limits, *limits], dtype=np.uint64), counts)
         ends = np.cumsum(counts).tolist()
@@ -125,7 +136,8 @@ class FastBatches:
         flat = np.concatenate(arrays, axis=None, dtype=np.int64)
         if np.count_nonzero(np.greater_equal(flat.view(np.uint64), layout.bound)):  # negatives wrap to huge
             return None
-        return layout, flat
+        # a quarter of the bytes to hold until the service has them (the int64 buffer is reused at once)
+        return layout, flat.astype(layout.dtype)
 
     def _new_layout(self, key: tuple[Any, ...]) -> _Layout | None:
         shapes, dtypes = [s for s, _ in key], [d for _, d in key]

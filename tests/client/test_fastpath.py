@@ -7,9 +7,10 @@ import pytest
 
 from client._fastpath import FastBatches, unpacked
 from client._records import build_batch
-from client._wire import BatchEvent, TaskInfo, encode_event
+from client._wire import BatchEvent, TaskInfo, encode_event, index_type
 
 TASKS = [TaskInfo("a", 5), TaskInfo("b", 2000, 3), TaskInfo("c", 2)]
+WIRE_TYPES = {t.name: index_type(t.num_classes) for t in TASKS}  # as the sender encodes
 
 
 def _inputs(rng: np.random.Generator, size: int) -> dict:
@@ -23,7 +24,7 @@ def _inputs(rng: np.random.Generator, size: int) -> dict:
 
 def _slow(args: dict) -> dict:
     event = build_batch(TASKS, step=3, epoch=1, phase="train", time=7.0, logits=None, sample_losses=None, **args)
-    return encode_event(event, binary=True)
+    return encode_event(event, True, WIRE_TYPES)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -34,7 +35,9 @@ def test_fast_equals_thorough(seed: int) -> None:
     event = fast.build(3, 1, "train", 7.0, args["loss"], args["task_losses"], args["targets"], args["topk"],
                        args["subsets"])
     assert event is not None
-    assert encode_event(unpacked(event), binary=True) == _slow(args)
+    assert encode_event(unpacked(event), True, WIRE_TYPES) == _slow(args)
+    slow = build_batch(TASKS, step=3, epoch=1, phase="train", time=7.0, logits=None, sample_losses=None, **args)
+    assert encode_event(unpacked(event), False) == encode_event(slow, False)  # JSON: the same lists
 
 
 def test_fast_path_copies_the_callers_buffers() -> None:
@@ -78,7 +81,7 @@ def test_numpy_label_arrays_take_the_fast_path_and_equal_the_thorough_one() -> N
     event = FastBatches(TASKS).build(3, 1, "train", 7.0, args["loss"], args["task_losses"], args["targets"],
                                      args["topk"], args["subsets"])
     assert event is not None
-    assert encode_event(unpacked(event), binary=True) == _slow(args)
+    assert encode_event(unpacked(event), True, WIRE_TYPES) == _slow(args)
 
 
 def test_a_packed_record_merges_with_a_thorough_one_of_the_same_step() -> None:
