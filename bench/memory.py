@@ -137,7 +137,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--budget-s", type=float, default=240.0)
+    parser.add_argument("--history-max-points", type=int, default=1_000,
+                        help="the service's history bound; 1,000 points are reached at step 10,000 (STEP_INTERVAL "
+                             "10), so 10k -> 100k shows memory once history is bounded; 0: the service default")
     args = parser.parse_args()
+    if args.history_max_points > 0:
+        os.environ["LINNAEUS_METRICS_HISTORY_MAX_POINTS"] = str(args.history_max_points)
     c.exit_on_sigterm()
     budget = c.Budget(args.budget_s)
     clients = {q: client_memory(q, CLIENT_BATCHES) for q in (1_000, 50_000)}

@@ -110,8 +110,11 @@ class FastBatches:
         if arrays is None:
             return None
         layout, flat = arrays
-        losses = None
-        if loss is not None and (losses := _numbers([loss])) is None:
+        if type(loss) is float and loss - loss == 0.0:  # a finite Python float: the usual loss
+            losses: list[float] | None = [loss]
+        elif loss is None:
+            losses = None
+        elif (losses := _numbers([loss])) is None:
             return None
         per_task = self._task_losses(task_losses)
         labels = self._subsets(subsets, layout.size) if subsets else {}
@@ -168,9 +171,11 @@ class FastBatches:
             return None
         out: dict[str, Labels] = {}
         for family, labels in subsets.items():
-            if type(labels) is np.ndarray and labels.dtype.kind == "U" and labels.ndim == 1:
+            if type(labels) is not list:
+                if type(labels) is not np.ndarray or labels.dtype.kind != "U" or labels.ndim != 1:
+                    return None
                 labels = labels.tolist()  # numpy str arrays: str objects once, then as a list
-            if type(labels) is not list or len(labels) != size:
+            if len(labels) != size:
                 return None
             if not self._known(family, labels):
                 return None
