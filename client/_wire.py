@@ -145,7 +145,7 @@ def encode_array(array: np.ndarray, binary: bool) -> Any:
 
 def decode_array(obj: Any, name: str, kind: str) -> np.ndarray:
     """Decode an array field; ``kind`` is ``"int"`` or ``"float"``."""
-    if isinstance(obj, Mapping):
+    if type(obj) is dict or isinstance(obj, Mapping):  # msgpack gives dicts: skip the ABC check
         array = _decode_raw(obj, name)
     elif isinstance(obj, list):
         array = _decode_list(obj, name, kind)
@@ -165,7 +165,7 @@ def _decode_raw(obj: Mapping[str, Any], name: str) -> np.ndarray:
     if type(raw_shape) is not list or len(raw_shape) > MAX_ARRAY_DIMS or not _INT_TYPE.issuperset(map(type, raw_shape)):
         raise WireError(f"{name}: shape must be at most {MAX_ARRAY_DIMS} integers, got {raw_shape!r}"[:300])
     shape = tuple(raw_shape)
-    if not isinstance(data, bytes | bytearray):
+    if type(data) is not bytes and not isinstance(data, bytes | bytearray):
         raise WireError(f"{name}: binary array data must be bytes, got {type(data).__name__}")
     if min(shape, default=0) < 0 or math.prod(shape) * dtype.itemsize != len(data):
         raise WireError(f"{name}: {len(data)} bytes do not fill shape {list(shape)} of {dtype.str}")
@@ -434,7 +434,8 @@ def _labels(value: Any, name: str) -> Labels:
     if isinstance(value, Mapping) and isinstance(value.get("labels"), list):
         labels = [_check_name(v, name) for v in value["labels"]]
         codes = decode_array(value.get("codes"), f"{name}.codes", "int")
-        if codes.ndim != 1 or (codes.size and (codes.min() < 0 or codes.max() >= len(labels))):
+        negative = codes.dtype.kind == "i" and codes.size and codes.min() < 0  # unsigned codes never are
+        if codes.ndim != 1 or negative or (codes.size and codes.max() >= len(labels)):
             raise WireError(f"{name}.codes: codes must index the {len(labels)} labels")
         return labels, codes
     raise WireError(f"{name}: expected a list of labels, got {type(value).__name__}")
