@@ -18,13 +18,13 @@ past a marker or an epoch end.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from typing import cast
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 
 from client._fastpath import PackedBatch, Record, raw_label_bytes, unpacked
-from client._wire import BatchEvent, Event, Labels, ScalarEvent
+from client._wire import BatchEvent, Event, Labels, ScalarEvent, encode_event
 
 Key = tuple[Hashable, ...]
 
@@ -76,6 +76,13 @@ def record_nbytes(event: Record) -> int:
 def record_samples(event: Record) -> int:
     """Samples in a record (0 for scalars and control records)."""
     return event.batch_size if isinstance(event, BatchEvent | PackedBatch) else 0
+
+
+def encode_record(parts: Sequence[Record], binary: bool, index_types: Mapping[str, np.dtype[Any]]) -> dict[str, Any]:
+    """The wire form of a queued record (its parts merged); a lone packed batch skips the unpacking."""
+    if binary and len(parts) == 1 and isinstance(parts[0], PackedBatch):
+        return parts[0].encode()
+    return encode_event(merge(parts), binary, index_types)
 
 
 def merge(records: Sequence[Record]) -> Event:

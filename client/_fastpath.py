@@ -87,6 +87,31 @@ class PackedBatch:
                           subsets=dict(self.subsets))
 
 
+    def encode(self) -> dict[str, Any]:
+        """The binary wire form, straight from the buffer: what ``encode_event`` gives for the
+        unpacked batch, with every task's indices in the buffer's type."""
+        dtype, buffer = self.layout.dtype.str, self.flat
+        arrays = [{"dtype": dtype, "shape": [self.layout.size] if shape is None else list(shape),
+                   "data": buffer[at].tobytes()} for at, shape in self.layout.slices]
+        names, count = self.layout.names, len(self.layout.names)
+        out: dict[str, Any] = {"kind": "batch", "step": self.step, "epoch": self.epoch, "phase": self.phase,
+                               "time": self.time, "targets": dict(zip(names, arrays[:count], strict=True)),
+                               "topk": dict(zip(names, arrays[count:], strict=True))}
+        if self.losses is not None:
+            out["loss"] = self.losses[0]
+        if self.task_losses:
+            out["task_losses"] = {t: v[0] for t, v in self.task_losses.items()}
+        if self.subsets:
+            out["subsets"] = {f: _binary_labels(labels) for f, (labels, _) in self.subsets.items()}
+        return out
+
+
+def _binary_labels(labels: Sequence[str]) -> dict[str, Any]:
+    vocabulary, codes = _dictionary(labels)
+    dtype = "|u1" if codes.dtype == np.uint8 else "<i4"
+    return {"labels": vocabulary, "codes": {"dtype": dtype, "shape": [len(labels)], "data": codes.tobytes()}}
+
+
 #: What the client queues: wire events, and batches still packed by the fast path.
 Record = Event | PackedBatch
 
@@ -223,14 +248,18 @@ def encode_labels(event: Event) -> Event:
     if isinstance(event, BatchEvent):
         for family, (labels, codes) in event.subsets.items():
             if codes is RAW_CODES:
-                vocabulary = sorted(set(labels))
-                index = {label: i for i, label in enumerate(vocabulary)}
-                if len(vocabulary) <= 256:  # one byte a sample (the usual case: a few labels)
-                    encoded = np.frombuffer(bytes(map(index.__getitem__, labels)), dtype=np.uint8)
-                else:
-                    encoded = np.fromiter(map(index.__getitem__, labels), dtype=np.int32, count=len(labels))
-                event.subsets[family] = (vocabulary, encoded)
+                event.subsets[family] = _dictionary(labels)
     return event
+
+
+def _dictionary(labels: Sequence[str]) -> Labels:
+    """(sorted distinct labels, each sample's code): one byte a sample for up to 256 labels."""
+    vocabulary = sorted(set(labels))
+    index = dict(zip(vocabulary, range(len(vocabulary)), strict=True))
+    # index.get: every label is in the index, and a builtin method is called faster than __getitem__
+    if len(vocabulary) <= 256:  # the usual case: a few labels
+        return vocabulary, np.frombuffer(bytes(map(index.get, labels)), dtype=np.uint8)  # type: ignore[arg-type]
+    return vocabulary, np.fromiter(map(index.get, labels), dtype=np.int32, count=len(labels))
 
 
 def raw_label_bytes(labels: Mapping[str, Labels]) -> int:

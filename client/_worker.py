@@ -29,13 +29,13 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from client._coalesce import merge
+from client._coalesce import encode_record
 from client._errors import ServiceRejected, ServiceUnavailable, SessionFenced
 from client._fastpath import Record
 from client._ledger import Counters, LossLog
 from client._queue import EventQueue
 from client._transport import Backoff, Transport
-from client._wire import encode_event, index_type
+from client._wire import index_type
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class Worker:
             delivery = self._inflight
         if delivery is not None and not delivery.encoded:
             binary = self._transport.binary
-            delivery.encoded = [encode_event(merge(p), binary, self._index_types) for p in delivery.parts]
+            delivery.encoded = [encode_record(p, binary, self._index_types) for p in delivery.parts]
         return delivery
 
     def _ensure_session(self) -> bool:

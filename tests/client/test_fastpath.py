@@ -101,3 +101,27 @@ def test_a_packed_record_merges_with_a_thorough_one_of_the_same_step() -> None:
         assert merged.targets[task].tolist() == [*first["targets"][task].tolist(), *second["targets"][task].tolist()]
     vocabulary, codes = merged.subsets["rarity"]
     assert [vocabulary[c] for c in codes.tolist()] == first["subsets"]["rarity"] + second["subsets"]["rarity"]
+
+
+def _samples(event: BatchEvent) -> dict:
+    """What the service takes from a batch: values per sample, whatever the wire types."""
+    return {"targets": {t: a.tolist() for t, a in event.targets.items()},
+            "topk": {t: a.tolist() for t, a in event.topk.items()},
+            "sizes": event.sizes, "losses": event.losses, "task_losses": event.task_losses,
+            "subsets": {f: [vocabulary[c] for c in codes.tolist()] for f, (vocabulary, codes) in event.subsets.items()}}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_packed_batch_encoded_from_its_buffer_decodes_like_the_thorough_one(seed: int) -> None:
+    from client._wire import MSGPACK_TYPE, decode_event, pack_body, unpack_body
+
+    rng = np.random.default_rng(40 + seed)
+    args = _inputs(rng, int(rng.integers(1, 300)))
+    packed = FastBatches(TASKS).build(3, 1, "train", 7.0, args["loss"], args["task_losses"], args["targets"],
+                                      args["topk"], args["subsets"])
+    assert packed is not None
+    wire = unpack_body(pack_body({"events": [packed.encode()]}, True), MSGPACK_TYPE)["events"][0]
+    assert wire["targets"]["b"]["dtype"] == "<u2"  # the run's widest task has 2,000 classes
+    got, want = decode_event(wire), decode_event(_slow(args))
+    assert isinstance(got, BatchEvent) and isinstance(want, BatchEvent)
+    assert _samples(got) == _samples(want) and (got.step, got.epoch, got.phase, got.time) == (3, 1, "train", 7.0)
