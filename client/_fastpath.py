@@ -202,19 +202,18 @@ class FastBatches:
                 labels = labels.tolist()  # numpy str arrays: str objects once, then as a list
             if len(labels) != size:
                 return None
-            if not self._known(family, labels):
+            seen = self._labels.get(family)
+            try:  # the steady state: no new label
+                known = seen is not None and seen.issuperset(labels)
+            except TypeError:  # unhashable labels
+                return None
+            if not known and not self._learn(family, labels):
                 return None
             out[family] = (tuple(labels), RAW_CODES)
         return out
 
-    def _known(self, family: Any, labels: list[Any]) -> bool:
-        """Whether every label is a valid name of a valid family (new ones are remembered)."""
-        seen = self._labels.get(family)
-        try:
-            if seen is not None and seen.issuperset(labels):  # the steady state: no new label
-                return True
-        except TypeError:  # unhashable labels
-            return False
+    def _learn(self, family: Any, labels: list[Any]) -> bool:
+        """Remember the new labels of ``family``; False if the family or a label is not a valid name."""
         if type(family) is not str or family == RESERVED_FAMILY or not NAME_PATTERN.match(family):
             return False
         try:

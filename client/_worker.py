@@ -135,13 +135,14 @@ class Worker:
             reason = _STATE_DROP_REASON.get(self._state)
             if reason is None:
                 admission = self._queue.put(event)
-                self._stats.coalesced += admission.coalesced
-                reason = "queue_full" if admission.dropped else None
-                self._stats.dropped["queue_full"] += admission.dropped
+                if admission.coalesced or admission.dropped:
+                    self._stats.coalesced += admission.coalesced
+                    reason = "queue_full" if admission.dropped else None
+                    self._stats.dropped["queue_full"] += admission.dropped
             else:
                 self._stats.dropped[reason] += 1
             full = len(self._queue) >= self._cfg.max_batch_events
-        if full:
+        if full and not self._wake.is_set():  # while the sender catches up, do not signal it every call
             self._wake.set()
         if reason is not None:
             self._losses.drop(reason)
