@@ -28,6 +28,7 @@ from client._wire import (
     Event,
     Labels,
     TaskInfo,
+    encode_subset,
     index_type,
 )
 
@@ -86,7 +87,6 @@ class PackedBatch:
                           sizes=[self.layout.size], losses=self.losses, task_losses=self.task_losses,
                           subsets=dict(self.subsets))
 
-
     def encode(self) -> dict[str, Any]:
         """The binary wire form, straight from the buffer: what ``encode_event`` gives for the
         unpacked batch, with every task's indices in the buffer's type."""
@@ -102,14 +102,8 @@ class PackedBatch:
         if self.task_losses:
             out["task_losses"] = {t: v[0] for t, v in self.task_losses.items()}
         if self.subsets:
-            out["subsets"] = {f: _binary_labels(labels) for f, (labels, _) in self.subsets.items()}
+            out["subsets"] = {f: encode_subset(*_dictionary(labels), True) for f, (labels, _) in self.subsets.items()}
         return out
-
-
-def _binary_labels(labels: Sequence[str]) -> dict[str, Any]:
-    vocabulary, codes = _dictionary(labels)
-    dtype = "|u1" if codes.dtype == np.uint8 else "<i4"
-    return {"labels": vocabulary, "codes": {"dtype": dtype, "shape": [len(labels)], "data": codes.tobytes()}}
 
 
 #: What the client queues: wire events, and batches still packed by the fast path.
@@ -142,7 +136,7 @@ class FastBatches:
         elif (losses := _numbers([loss])) is None:
             return None
         per_task = self._task_losses(task_losses)
-        labels = self._subsets(subsets, layout.size) if subsets else {}
+        labels = {} if subsets is None else self._subsets(subsets, layout.size)
         if per_task is None or labels is None:
             return None
         return PackedBatch(step, epoch, phase, time, flat, layout, losses, per_task, labels)

@@ -285,7 +285,7 @@ def _encode_batch(event: BatchEvent, binary: bool, index_types: Mapping[str, np.
     if event.task_losses:
         out["task_losses"] = {t: v[0] if single else list(v) for t, v in event.task_losses.items()}
     if event.subsets:
-        out["subsets"] = {f: _encode_labels(lab, codes, binary) for f, (lab, codes) in event.subsets.items()}
+        out["subsets"] = {f: encode_subset(lab, codes, binary) for f, (lab, codes) in event.subsets.items()}
     if event.sample_losses is not None:
         out["sample_losses"] = encode_array(event.sample_losses, binary)
     return out
@@ -303,7 +303,8 @@ def _indices(array: np.ndarray, binary: bool, dtype: np.dtype[Any] | None) -> np
     return array.astype(dtype or np.int32, copy=False) if dtype or array.dtype.itemsize > 4 else array
 
 
-def _encode_labels(labels: Sequence[str], codes: np.ndarray, binary: bool) -> Any:
+def encode_subset(labels: Sequence[str], codes: np.ndarray, binary: bool) -> Any:
+    """A family's labels on the wire: vocabulary and one code a sample (binary), or the labels (JSON)."""
     if binary:
         small = codes.dtype == np.uint8 or (len(labels) <= 256 and codes.dtype.kind in "iu")
         return {"labels": labels, "codes": encode_array(codes.astype(np.uint8 if small else np.int32), True)}
@@ -524,8 +525,9 @@ def check_batch_against(batch: BatchEvent, tasks: Sequence[TaskInfo], where: str
 
 def check_batches_against(batches: Sequence[BatchEvent], tasks: Sequence[TaskInfo], wheres: Sequence[str]) -> None:
     """``check_batch_against`` for many batches, the class ranges checked task by task for all at once."""
+    names = {t.name for t in tasks}
     for batch, where in zip(batches, wheres, strict=True):
-        _check_names(batch, tasks, where)
+        _check_names(batch, names, where)
         for task in tasks:
             _check_task_shape(batch, task, where)
     for task in tasks if batches else ():
@@ -536,8 +538,7 @@ def check_batches_against(batches: Sequence[BatchEvent], tasks: Sequence[TaskInf
                 _check_task_range(batch, task, where)
 
 
-def _check_names(batch: BatchEvent, tasks: Sequence[TaskInfo], where: str) -> None:
-    names = {t.name for t in tasks}
+def _check_names(batch: BatchEvent, names: set[str], where: str) -> None:
     for key in ("targets", "topk"):
         got = getattr(batch, key)
         if got.keys() != names:

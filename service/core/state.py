@@ -195,8 +195,11 @@ class Accumulator:
             acc._add_losses(batch)
             acc.t_min = acc.t_max = batch.time
             acc.max_step = batch.step
-        for family in {f for b in batches for f in b.subsets}:
-            _add_family(accs, batches, family, hits, starts, sizes)
+        families = {f for b in batches for f in b.subsets}
+        if families:
+            family_hits = hits[cols.family_rows]  # the rows every family sums, taken once
+            for family in families:
+                _add_family(accs, batches, family, family_hits, starts, sizes)
         return accs
 
     def _add_losses(self, batch: BatchEvent) -> None:
@@ -324,18 +327,16 @@ class Accumulator:
         return acc
 
 
-def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: str, hits: np.ndarray,
+def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: str, family_hits: np.ndarray,
                 starts: np.ndarray, sizes: np.ndarray) -> None:
     """Per-label sums of ``family`` for every batch that carries it, in one bincount."""
     layout, cols = accs[0].layout, accs[0].layout.columns
     having = [i for i, b in enumerate(batches) if family in b.subsets]
     codes = [layout.codes(family, *batches[i].subsets[family]) for i in having]
     labels = len(layout.families[family])
-    if len(having) == len(batches):
-        rows, code = hits[cols.family_rows], _joined(codes)
-    else:
-        take = np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in having])
-        rows, code = hits[cols.family_rows][:, take], _joined(codes)
+    rows, code = family_hits, _joined(codes)
+    if len(having) < len(batches):  # only the samples of the batches that carry the family
+        rows = rows[:, np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in having])]
     owner = np.repeat(np.arange(len(having)), sizes[having])
     cell = owner * labels + code
     width = len(cols.family_rows)
