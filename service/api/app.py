@@ -7,11 +7,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import anyio
 from anyio import to_thread
 from fastapi import FastAPI
 
 from service.api.auth import BearerAuth
+from service.api.body_limit import BodyLimit
 from service.api.errors import install_error_handlers
+from service.api.readiness import Readiness, WriteGate
 from service.api.routes import health, ingest, metrics, runs, snapshots
 from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
@@ -37,37 +40,58 @@ def default_sinks(settings: Settings) -> list[Sink]:
     return sinks
 
 
-def _open_store(settings: Settings, app: FastAPI) -> SqliteStore | None:
-    app.state.not_ready_reason = None
-    if not settings.durable:
-        app.state.ready = True
-        return None
+def _open_store(settings: Settings, readiness: Readiness) -> SqliteStore | None:
     try:
         return SqliteStore(settings.data_dir / "metrics.sqlite3", settings.sqlite_synchronous)
     except StoreUnavailable as exc:
-        log.error("not ready: %s", exc)
-        app.state.not_ready_reason = str(exc)
+        readiness.not_ready(str(exc))  # no store: never ready, every write refused (nothing acked in memory only)
         return None
 
 
-def _recover(registry: RunRegistry, store: SqliteStore, app: FastAPI) -> None:
+def _recover(registry: RunRegistry, store: SqliteStore, readiness: Readiness) -> float | None:
     started = time.monotonic()
     try:
         count = registry.recover(store.load())
     except Exception as exc:  # a damaged journal must leave the service up but not ready
         log.exception("recovery failed; the service stays not ready")
-        app.state.not_ready_reason = f"recovery failed: {type(exc).__name__}: {exc}"
-        return
-    app.state.recovery_s = time.monotonic() - started
-    log.info("recovered %d run(s) in %.3f s", count, app.state.recovery_s)
-    app.state.ready = True
+        readiness.not_ready(f"recovery failed: {type(exc).__name__}: {exc}")
+        return None
+    took = time.monotonic() - started
+    log.info("recovered %d run(s) in %.3f s", count, took)
+    readiness.recovered = True
+    readiness.probe_now()
+    return took
+
+
+async def _checkpoint_wal(store: SqliteStore, interval_s: float) -> None:
+    """Regularly, so that the main file holds the data even when little is written."""
+    while True:
+        await anyio.sleep(interval_s)
+        await to_thread.run_sync(store.checkpoint_wal)
+
+
+async def _shut_down(settings: Settings, sinks: Sequence[Sink], registry: RunRegistry, store: SqliteStore | None,
+                     readiness: Readiness) -> None:
+    recovered = readiness.recovered
+    readiness.stop()
+    # uvicorn stopped accepting and drained requests; sinks finish within the deadline,
+    # then the final images make the next start quick
+    for sink in sinks:
+        await to_thread.run_sync(sink.close, settings.shutdown_timeout_s)
+    if store is not None:
+        if recovered:
+            await to_thread.run_sync(_final_images, registry)
+        await to_thread.run_sync(store.close)
 
 
 def _final_images(registry: RunRegistry) -> None:
-    for run_id in registry.run_ids():
-        run = registry.get(run_id)
-        with run.lock:
-            registry.write_image(run)
+    try:
+        for run_id in registry.run_ids():
+            run = registry.get(run_id)
+            with run.lock:
+                registry.write_image(run)
+    except StoreUnavailable as exc:  # e.g. a full disk: the journal still holds everything
+        log.warning("final recovery images not written: %s", exc)
 
 
 def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = None) -> FastAPI:
@@ -81,39 +105,43 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        readiness: Readiness = app.state.readiness
         chosen = list(sinks) if sinks is not None else default_sinks(settings)
-        store = app.state.store = _open_store(settings, app)
+        store = app.state.store = _open_store(settings, readiness) if settings.durable else None
         registry = app.state.registry = RunRegistry(
             chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
             image_every_events=settings.snapshot_every_events)
         app.state.telemetry.watch(registry)
+        if not settings.durable:
+            readiness.set_ready()
         if store is not None:
-            await to_thread.run_sync(_recover, registry, store, app)
-            app.state.telemetry.recovery.set(getattr(app.state, "recovery_s", 0.0))
+            readiness.store = store
+            took = await to_thread.run_sync(_recover, registry, store, readiness)
+            app.state.telemetry.recovery.set(took or 0.0)
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                if store is not None:
+                    tasks.start_soon(_checkpoint_wal, store, settings.wal_checkpoint_interval_s)
+                try:
+                    yield
+                finally:
+                    tasks.cancel_scope.cancel()
         finally:
-            app.state.ready = False
-            # uvicorn stopped accepting and drained requests; sinks finish within the deadline,
-            # then the final images make the next start quick
-            for sink in chosen:
-                await to_thread.run_sync(sink.close, settings.shutdown_timeout_s)
-            if store is not None and app.state.not_ready_reason is None:
-                await to_thread.run_sync(_final_images, registry)
-                store.close()
+            await _shut_down(settings, chosen, registry, store, readiness)
 
     app = FastAPI(title="linnaeus-metrics", version="0.1.0", lifespan=lifespan,
                   summary="Exact global metrics for multi-task training across ranks")
     app.state.settings = settings
-    app.state.ready = False
-    app.state.not_ready_reason = "starting"
-    app.state.store_failed = False
+    app.state.readiness = Readiness(settings.readiness_probe_interval_s)
     app.state.store = None
     app.state.telemetry = Telemetry()
     install_error_handlers(app)
     for module in (health, runs, ingest, metrics, snapshots):
         app.include_router(module.router)
-    app.add_middleware(RequestMetrics, telemetry=app.state.telemetry)
+    # outermost last: metrics see every reply; auth before anything reads a body
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(WriteGate, readiness=app.state.readiness)
     if settings.auth_tokens:
         app.add_middleware(BearerAuth, tokens=settings.auth_tokens)
+    app.add_middleware(RequestMetrics, telemetry=app.state.telemetry)
     return app

@@ -61,9 +61,7 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     extra = {k: getattr(exc, k) for k in ("expected_seq", "missing_ranks") if hasattr(exc, k)}
     status = status_of(exc)
     if isinstance(exc, core.StoreUnavailable):  # disk full or a damaged file: stop claiming readiness
-        request.app.state.ready = False
-        request.app.state.store_failed = True
-        request.app.state.not_ready_reason = str(exc)
+        request.app.state.readiness.not_ready(str(exc))
     if status >= 500:
         log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
     return error_response(status, error_type(exc), str(exc), **extra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import httpx
 
 from service.cli.errors import CliError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def add_commands(commands: Any) -> None:
@@ -22,10 +25,12 @@ def add_commands(commands: Any) -> None:
     show.add_argument("--keys", help="comma-separated keys or prefixes (e.g. train/,val/loss)")
     snap = commands.add_parser("snapshot", help="save a run's snapshot (JSON)")
     snap.add_argument("run_id")
-    snap.add_argument("-o", "--output", required=True, help="file to write")
+    snap.add_argument("-o", "--output", required=True, help="file to write ('-' for standard output)")
     for cmd in (runs, show, snap):
-        cmd.add_argument("--url", default=os.environ.get("LINNAEUS_METRICS_URL", "http://127.0.0.1:8000"))
-        cmd.add_argument("--token", default=os.environ.get("LINNAEUS_METRICS_TOKEN"))
+        cmd.add_argument("--url", default=os.environ.get("LINNAEUS_METRICS_URL", DEFAULT_URL),
+                         help=f"the service's base URL (env LINNAEUS_METRICS_URL; default {DEFAULT_URL})")
+        cmd.add_argument("--token", default=os.environ.get("LINNAEUS_METRICS_TOKEN"),
+                         help="bearer token when the service requires one (env LINNAEUS_METRICS_TOKEN)")
     runs.set_defaults(func=_runs)
     show.set_defaults(func=_show)
     snap.set_defaults(func=_snapshot)
@@ -68,7 +73,14 @@ def _show(args: argparse.Namespace) -> int:
 
 def _snapshot(args: argparse.Namespace) -> int:
     snapshot = _get(args, f"/v1/runs/{args.run_id}/snapshot")
-    Path(args.output).write_text(json.dumps(snapshot))
+    text = json.dumps(snapshot)
+    if args.output == "-":
+        sys.stdout.write(text + "\n")
+        return 0
+    try:
+        Path(args.output).write_text(text)
+    except OSError as exc:
+        raise CliError(f"cannot write the snapshot to {args.output}: {exc.strerror or exc}") from exc
     print(f"wrote snapshot of {args.run_id} (cut at step {snapshot['cut']['watermark']}) to {args.output}")
     return 0
 

@@ -1,80 +1,113 @@
-"""``linnaeus-metrics serve``: run the service (one uvicorn worker)."""
+"""``linnaeus-metrics serve``: run the service (one uvicorn worker).
+
+Start-up order matters (DESIGN §8, §9): settings, then the data dir's lock, then the
+listening socket, and only then the app loads runs and opens sinks. So a second service on
+the same data dir or a busy port exits with a one-line reason before it reads or changes
+anything. The socket is bound here with ``SO_REUSEADDR`` (as uvicorn does), so restarting on
+the same port right after a ``kill -9`` works.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
-from pathlib import Path
+import socket
 from typing import Any
 
-from pydantic import ValidationError
-
-from service.cli.config import load_yaml_mapping
 from service.cli.errors import CliError
-from service.settings import Settings
 
-ENV_PREFIX = "LINNAEUS_METRICS_"
+SERVICE_EXTRA = "pip install 'linnaeus-metrics[service]'"
+TIME_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def add_commands(commands: Any) -> None:
-    """Register ``serve``."""
-    serve = commands.add_parser("serve", help="run the service (one uvicorn worker)")
-    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
-    serve.add_argument("--data-dir", help="durable state directory (default ./metrics-data)")
-    serve.add_argument("--config", help="YAML settings file (keys as in Settings)")
-    serve.add_argument("--auth-token", action="append", dest="auth_tokens", help="bearer token (repeatable)")
-    serve.add_argument("--log-level", help="critical|error|warning|info|debug")
+    """Register ``serve`` (a stub that names the extra to install when the service's packages are missing)."""
+    help_ = "run the service (one uvicorn worker)"
+    try:
+        from service.cli.serve_flags import add_setting_flags
+    except ImportError as exc:  # the base install: the client and the query commands only
+        missing = exc.name or str(exc)
+        serve = commands.add_parser("serve", help=f"{help_} [needs the service extra]", add_help=False)
+        serve.add_argument("rest", nargs=argparse.REMAINDER)
+        serve.set_defaults(func=lambda _args: _missing_extra(missing))
+        return
+    serve = commands.add_parser("serve", help=help_, description=f"{help_}. Every setting is a flag and an "
+                                "environment variable LINNAEUS_METRICS_<NAME>; flag > environment > --config "
+                                "file > default.")
+    serve.add_argument("--config", help="YAML settings file (keys as the flags, with underscores)")
+    add_setting_flags(serve)
     serve.set_defaults(func=_serve)
 
 
-def load_settings(args: argparse.Namespace) -> Settings:
-    """Flags over environment over the settings file over defaults."""
-    values = {k: v for k, v in _file_values(args.config).items() if f"{ENV_PREFIX}{k.upper()}" not in os.environ}
-    flags = {k: getattr(args, k) for k in ("host", "port", "data_dir", "auth_tokens", "log_level")}
-    values.update({k: v for k, v in flags.items() if v is not None})
+def _missing_extra(missing: str) -> int:
+    raise CliError(f"serve needs the service extra ({missing} is not installed): {SERVICE_EXTRA}")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.cli.lock import DataDirLock
+    from service.cli.serve_flags import load_settings
+
+    settings = load_settings(args)
+    logging.basicConfig(level=settings.log_level.upper(), format=TIME_FORMAT)
+    lock = DataDirLock(settings.data_dir).acquire()
     try:
-        return Settings(**values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise CliError(f"invalid setting {where}: {first['msg']}") from exc
+        check_data_dir_writable(settings.data_dir)
+        sock = bind(settings.host, settings.port)
+        return _run(settings, sock)
+    finally:
+        lock.release()
 
 
-def _file_values(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    return {str(k).lower().replace("-", "_"): v for k, v in load_yaml_mapping(path).items()}
+def check_data_dir_writable(path: Any) -> None:
+    """Prove the (locked) data dir takes a file."""
+    import tempfile
 
-
-def check_data_dir(path: Path) -> None:
-    """Create the data dir and prove it is writable."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
             pass
     except OSError as exc:
         raise CliError(f"data dir {path} is not usable: {exc.strerror or exc}") from exc
 
 
-def _serve(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
-    check_data_dir(settings.data_dir)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket as uvicorn makes it (``SO_REUSEADDR``: a restart after kill -9 binds at once)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (port busy or not allowed)") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run(settings: Any, sock: socket.socket) -> int:
     import uvicorn
 
     from service.api import create_app
+    from service.cli.http_protocol import with_deadlines
 
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, workers=1,
-                            log_level=settings.log_level, timeout_graceful_shutdown=int(settings.shutdown_timeout_s))
+    config = uvicorn.Config(
+        create_app(settings), workers=1, log_level=settings.log_level, log_config=uvicorn_log_config(),
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        http=with_deadlines(settings.header_timeout_s, settings.body_timeout_s))
     server = uvicorn.Server(config)
-    try:
-        server.run()
-    except SystemExit as exc:  # uvicorn exits on a bind failure after logging it
-        raise CliError(f"could not serve on {settings.host}:{settings.port} (port busy or not allowed)") from exc
+    server.run(sockets=[sock])
     if not server.started:
-        raise CliError(f"could not serve on {settings.host}:{settings.port} (port busy or not allowed)")
+        raise CliError("the service did not start (see the log above)")
     return 0
 
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's logging config with a timestamp on every line."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = {**LOGGING_CONFIG, "formatters": {
+        name: {**spec, "fmt": "%(asctime)s " + spec["fmt"]} for name, spec in LOGGING_CONFIG["formatters"].items()}}
+    return config

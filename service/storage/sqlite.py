@@ -5,11 +5,16 @@ order), ``images`` (one compact recovery image per run, replacing the journal be
 it) and ``blobs`` (checkpoint snapshots and restore bases). A command is acknowledged
 only after its transaction committed (``synchronous=FULL`` by default), so it survives
 ``kill -9`` of the service and, with FULL, a power cut.
+
+The WAL is checkpointed into the main file every ``WAL_CHECKPOINT_BYTES`` of log (and by
+``checkpoint_wal`` on a timer and at close), so the main file alone holds nearly everything:
+with 64 KiB pages SQLite's default (1,000 pages) would leave up to 64 MiB in the WAL only.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -25,6 +30,8 @@ from service.core.errors import StoreUnavailable
 log = logging.getLogger("linnaeus_metrics.storage")
 SCHEMA_VERSION = 1
 PAGE_BYTES = 65_536
+WAL_CHECKPOINT_BYTES = 4 * 2**20
+PROBE_BYTES = 65_536
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (
@@ -70,6 +77,8 @@ class SqliteStore:
             self._db.execute(f"PRAGMA page_size={PAGE_BYTES}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            self._db.execute(f"PRAGMA wal_autocheckpoint={max(1, WAL_CHECKPOINT_BYTES // page)}")
             self._db.executescript(SCHEMA)
             self._check_schema()
         except sqlite3.DatabaseError as exc:
@@ -135,25 +144,43 @@ class SqliteStore:
         return StoredRun(run_id, image, [(int(i), str(k), dict(unpack(p))) for i, k, p in rows])
 
     def probe(self) -> None:
-        """A real write of a typical delivery's size, rolled back: raises StoreUnavailable while the
-        disk is full or the file is damaged."""
+        """Prove the store takes durable writes: a committed probe row and a file written and
+        fsynced beside the database (both need new space, so a full disk fails them).
+
+        Raises:
+            StoreUnavailable: the disk is full, the file is damaged or the directory is unwritable.
+        """
+        probe_file = self.path.parent / ".write-probe"
+        try:
+            with open(probe_file, "wb") as handle:  # fresh blocks: a full disk refuses them
+                handle.write(os.urandom(PROBE_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise StoreUnavailable(f"store {self.path}: cannot write {probe_file.name} ({exc})") from exc
+        finally:
+            probe_file.unlink(missing_ok=True)
+        key = repr(time.time())
+        with self._lock:
+            # the new row is inserted before the old one goes, so it needs pages of its own
+            self._transaction([
+                ("INSERT INTO blobs VALUES ('', 'probe', ?, zeroblob(?))", (key, PROBE_BYTES)),
+                ("DELETE FROM blobs WHERE run_id = '' AND kind = 'probe' AND key != ?", (key,)),
+            ])
+
+    def checkpoint_wal(self, truncate: bool = False) -> None:
+        """Copy the WAL into the main file (PASSIVE: never waits for readers; TRUNCATE at close)."""
+        mode = "TRUNCATE" if truncate else "PASSIVE"
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("INSERT INTO blobs VALUES ('', 'probe', ?, zeroblob(262144))", (repr(time.time()),))
+                self._db.execute(f"PRAGMA wal_checkpoint({mode})")
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"store {self.path}: write failed ({exc})") from exc
-            finally:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                log.warning("store %s: WAL checkpoint failed: %s", self.path, exc)
 
     def close(self) -> None:
         """Checkpoint the WAL and close."""
+        self.checkpoint_wal(truncate=True)
         with self._lock:
-            try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as exc:
-                log.warning("store %s: WAL checkpoint on close failed: %s", self.path, exc)
             self._db.close()
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:

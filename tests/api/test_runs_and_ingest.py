@@ -192,7 +192,7 @@ async def test_experiment_section_is_checked_and_key_never_stored(api: httpx.Asy
 async def test_disk_full_is_503_not_ready_then_ready_again(tmp_path: Any) -> None:
     from asgi_lifespan import LifespanManager
 
-    settings = Settings(data_dir=tmp_path / "d", durable=True, wandb_enabled=False)
+    settings = Settings(data_dir=tmp_path / "d", durable=True, wandb_enabled=False, readiness_probe_interval_s=0)
     app = create_app(settings, sinks=[])
     data = make_run(8, world_size=1, steps_per_epoch=4, epochs=1, batch=(2000, 2000))  # needs new pages
     async with LifespanManager(app) as manager, httpx.AsyncClient(

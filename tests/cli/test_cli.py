@@ -62,7 +62,7 @@ def test_serve_fails_with_one_line_on_busy_port(tmp_path: Path) -> None:
         busy.listen()
         done = _serve("--port", str(busy.getsockname()[1]), "--data-dir", str(tmp_path / "d"), "--log-level", "critical")
     assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1].startswith("linnaeus-metrics: error: could not serve")
+    assert done.stderr.strip().splitlines()[-1].startswith("linnaeus-metrics: error: cannot listen on")
 
 
 def test_serve_fails_on_unusable_data_dir(tmp_path: Path) -> None:
@@ -99,18 +99,56 @@ def test_queries_against_a_live_server(live_server: LiveServer, tmp_path: Path, 
     assert "404" in capsys.readouterr().err
 
 
-def test_settings_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import argparse
-
-    from service.cli.serve import load_settings
+def test_settings_precedence_flag_over_env_over_file_over_default(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.cli import build_parser
+    from service.cli.serve_flags import load_settings
+    from service.settings import Settings
 
     settings_file = tmp_path / "settings.yaml"
-    settings_file.write_text("port: 9001\nmax_runs: 7\nhistory_max_points: 500\n")
+    settings_file.write_text("port: 9001\nmax_runs: 7\nhistory_max_points: 500\nwandb_enabled: true\n")
+    monkeypatch.setenv("LINNAEUS_METRICS_PORT", "9200")
     monkeypatch.setenv("LINNAEUS_METRICS_MAX_RUNS", "9")
-    args = argparse.Namespace(config=str(settings_file), host=None, port=9100, data_dir=str(tmp_path),
-                              auth_tokens=None, log_level=None)
+    monkeypatch.setenv("LINNAEUS_METRICS_WANDB_ENABLED", "true")
+    args = build_parser().parse_args(["serve", "--config", str(settings_file), "--port", "9100", "--no-wandb-enabled"])
     settings = load_settings(args)
     assert (settings.port, settings.max_runs, settings.history_max_points) == (9100, 9, 500)
+    assert settings.wandb_enabled is False
+    assert settings.max_body_bytes == Settings.model_fields["max_body_bytes"].default
     settings_file.write_text("no_such_setting: 1\n")
     with pytest.raises(Exception, match="no_such_setting"):
         load_settings(args)
+
+
+def test_every_setting_has_a_flag_and_an_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.cli import build_parser
+    from service.cli.serve_flags import FLAG_NAMES, load_settings
+    from service.settings import Settings
+
+    help_text = _serve("--help").stdout
+    for name, field in Settings.model_fields.items():
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        assert flag in help_text and f"LINNAEUS_METRICS_{name.upper()}" in help_text, name
+        # the flag and the variable each reach the setting
+        value = _other_value(name, field.get_default(call_default_factory=True))
+        text = ",".join(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else str(
+            value)
+        flag_args = [f"--{'' if value else 'no-'}{name.replace('_', '-')}"] if field.annotation is bool else [
+            flag, text]
+        assert getattr(load_settings(build_parser().parse_args(["serve", *flag_args])), name) == value, name
+        monkeypatch.setenv(f"LINNAEUS_METRICS_{name.upper()}", text)
+        assert getattr(load_settings(build_parser().parse_args(["serve"])), name) == value, name
+        monkeypatch.delenv(f"LINNAEUS_METRICS_{name.upper()}")
+
+
+def _other_value(name: str, default: object) -> object:
+    """A valid value different from the default."""
+    special: dict[str, object] = {"host": "127.0.0.2", "data_dir": Path("/tmp/elsewhere"), "auth_tokens": [
+        "token-0123456789"], "sqlite_synchronous": "NORMAL", "wandb_mode": "offline", "log_level": "debug"}
+    if name in special:
+        return special[name]
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int | float):
+        return type(default)(default * 2 + 1)
+    raise AssertionError(f"no test value for {name}")

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,14 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
         yield LiveServer(url, sink, settings)
 
 
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     """A port that was free a moment ago (the CLI must then bind it itself)."""
     with socket.socket() as s:
@@ -75,42 +84,60 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    """``linnaeus-metrics serve`` as a child process; its log tells when it is up.
+    """``linnaeus-metrics serve`` as a child process, up once its port answers and ``/readyz`` says ready.
 
     Every process started is killed after its test (``reap``), whatever the test did.
     """
 
     alive: ClassVar[set[subprocess.Popen[str]]] = set()
 
-    def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None,
+                 args: Sequence[str] = ()) -> None:
         self.data_dir, self.port = data_dir, port
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "LINNAEUS_METRICS_WANDB_ENABLED": "false",
                     "LINNAEUS_METRICS_CONSOLE_ENABLED": "false", **(env or {})}
+        self.args = list(args)
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
-        self._up = threading.Event()
 
-    def start(self, timeout_s: float = 60.0) -> ServiceProcess:
-        self.lines, self._up = [], threading.Event()
+    def start(self, timeout_s: float = 60.0, ready: bool = True) -> ServiceProcess:
+        """Start and wait for the port (not a log line: uvicorn logs before it serves); then,
+        with ``ready``, for ``/readyz`` to answer 200."""
+        self.lines = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-             "--log-level", "info"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             "--log-level", "info", *self.args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
         ServiceProcess.alive.add(self.proc)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        assert self._up.wait(timeout_s), f"service did not start: {self.log()}"
-        assert self.proc.poll() is None, f"service exited: {self.log()}"
-        assert httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+        deadline = time.monotonic() + timeout_s
+        self._wait_for(lambda: _port_open(self.port), deadline, "its port")
+        if ready:
+            self._wait_for(self._ready, deadline, "/readyz 200")
         return self
+
+    def _wait_for(self, condition: Callable[[], bool], deadline: float, what: str) -> None:
+        assert self.proc is not None
+        while not condition():
+            try:  # waiting on the process's exit is the poll's pause: an early exit ends it at once
+                self.proc.wait(0.05)
+            except subprocess.TimeoutExpired:
+                assert time.monotonic() < deadline, f"service: no {what} in time: {self.log()}"
+                continue
+            raise AssertionError(f"service exited ({self.proc.returncode}) before {what}: {self.log()}")
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
         with proc.stderr:
             for line in proc.stderr:
                 self.lines.append(line)
-                if "Application startup complete" in line or "Uvicorn running on" in line:
-                    self._up.set()
-        self._up.set()  # exited: let the waiter look
 
     def kill9(self) -> None:
         assert self.proc is not None

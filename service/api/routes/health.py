@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.core.errors import StoreUnavailable
+from service.api.readiness import Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -22,25 +21,12 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=None)
 async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
-    """Ready once recovery finished and the store takes writes."""
-    state = request.app.state
-    store = getattr(state, "store", None)
-    if not state.ready and state.store_failed and store is not None:
-        await to_thread.run_sync(_probe, state, store)
-    if not getattr(state, "ready", False):
-        reason = getattr(state, "not_ready_reason", "starting")
-        return JSONResponse({"status": "not_ready", "detail": reason}, status_code=503)
-    return {"status": "ready"}
-
-
-def _probe(state: Any, store: Any) -> None:
-    """After a failed write, readiness returns once the store takes writes again."""
-    try:
-        store.probe()
-    except StoreUnavailable as exc:
-        state.not_ready_reason = str(exc)
-        return
-    state.ready, state.store_failed, state.not_ready_reason = True, False, None
+    """Ready once recovery finished and the store proved a durable write (probed at most once a
+    ``readiness_probe_interval_s``)."""
+    readiness: Readiness = request.app.state.readiness
+    await readiness.refresh()
+    report = readiness.report()
+    return report if readiness.ready else JSONResponse(report, status_code=503)
 
 
 @router.get("/metrics", response_class=Response)

@@ -33,25 +33,11 @@ async def open_session(run_id: str, body: SessionCreate, registry: RegistryDep) 
 async def post_events(run_id: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> dict[str, int]:
     """Deliver events exactly once; the reply acknowledges them as durable."""
     registry.get(run_id)  # a dict lookup, no lock: refuse unknown runs before reading the body
-    raw = await read_body(request, settings.max_body_bytes)
+    raw = await request.body()  # BodyLimit (middleware) refuses it past max_body_bytes while it streams
     content_type = request.headers.get("content-type", JSON_TYPE)
     delivery, events = await to_thread.run_sync(_decode, raw, content_type, settings)
     return await to_thread.run_sync(registry.ingest, run_id, delivery.session, delivery.seq, events,
                                     (raw, content_type))
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it exceeds ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body: {declared} bytes exceed the limit of {limit} (max_body_bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body: more than {limit} bytes (max_body_bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _decode(raw: bytes, content_type: str, settings: Settings) -> tuple[Delivery, list[Event]]:
