@@ -46,6 +46,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-]{1,128}$")
 SCALAR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-][A-Za-z0-9_.:+=@/-]{0,199}$")
 MAX_STEP = 2**53
 MAX_ARRAY_DIMS = 4
+MAX_DIM = 2**31 - 1  # any larger dimension cannot be sent within a body limit
+#: estimated bytes a decoded value takes in memory (a pointer and a small object), for the decode bound
+DECODED_VALUE_BYTES = 40
 MAX_REMEMBERED_NAMES = 100_000
 _GOOD_NAMES: set[str] = set()
 _INT_TYPE = frozenset({int})
@@ -165,9 +168,11 @@ def _decode_raw(obj: Mapping[str, Any], name: str) -> np.ndarray:
     if type(raw_shape) is not list or len(raw_shape) > MAX_ARRAY_DIMS or not _INT_TYPE.issuperset(map(type, raw_shape)):
         raise WireError(f"{name}: shape must be at most {MAX_ARRAY_DIMS} integers, got {raw_shape!r}"[:300])
     shape = tuple(raw_shape)
+    if not all(0 <= d <= MAX_DIM for d in shape):  # checked before any product or allocation
+        raise WireError(f"{name}: shape dimensions must lie in [0, {MAX_DIM}], got {list(shape)}"[:300])
     if type(data) is not bytes and not isinstance(data, bytes | bytearray):
         raise WireError(f"{name}: binary array data must be bytes, got {type(data).__name__}")
-    if min(shape, default=0) < 0 or math.prod(shape) * dtype.itemsize != len(data):
+    if math.prod(shape) * dtype.itemsize != len(data):
         raise WireError(f"{name}: {len(data)} bytes do not fill shape {list(shape)} of {dtype.str}")
     return np.frombuffer(data if type(data) is bytes else bytes(data), dtype=dtype).reshape(shape)
 
@@ -235,17 +240,66 @@ def pack_body(body: Mapping[str, Any], binary: bool) -> bytes:
     return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
 
 
-def unpack_body(data: bytes, content_type: str) -> Any:
-    """Parse a body by content type; raises ``WireError`` on malformed input."""
+def unpack_body(data: bytes, content_type: str, max_decoded_bytes: int | None = None) -> Any:
+    """Parse a body by content type; raises ``WireError`` on malformed input.
+
+    With ``max_decoded_bytes`` the decoded objects are bounded before they are built: JSON
+    by counting its values in the raw bytes; msgpack by the length of any one container and
+    the running count of decoded elements (``DECODED_VALUE_BYTES`` each). Raw array data
+    stays one bytes object, so a binary body decodes to about its own size.
+    """
     try:
         if content_type.startswith(MSGPACK_TYPE):
-            return msgpack.unpackb(data, raw=False, strict_map_key=True)
+            return _unpack_msgpack(data, max_decoded_bytes)
         import json
 
+        if max_decoded_bytes is not None:
+            check_decoded_size(json_values(data), max_decoded_bytes)
         return json.loads(data, parse_constant=_reject_constant)
     except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError) as exc:
+        if isinstance(exc, DecodedTooLarge):
+            raise
         raise WireError(f"body: malformed {content_type or 'body'} ({exc})"[:500]) from exc
+
+
+class DecodedTooLarge(WireError):
+    """Decoding the body would take more memory than allowed (``max_decoded_bytes``)."""
+
+
+def json_values(data: bytes) -> int:
+    """An upper bound of the values in a JSON text (each is followed by ``,`` or opens a container)."""
+    return data.count(b",") + data.count(b"[") + data.count(b"{") + 1
+
+
+def check_decoded_size(values: int, max_decoded_bytes: int) -> None:
+    """Refuse a body whose ``values`` would take more than ``max_decoded_bytes`` once decoded."""
+    if values * DECODED_VALUE_BYTES > max_decoded_bytes:
+        raise DecodedTooLarge(
+            f"body: about {values} values would take more than {max_decoded_bytes} bytes decoded "
+            "(max_decoded_bytes); send array data as binary (msgpack) or in smaller deliveries")
+
+
+def _unpack_msgpack(data: bytes, max_decoded_bytes: int | None) -> Any:
+    if max_decoded_bytes is None:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    longest = max(1, max_decoded_bytes // DECODED_VALUE_BYTES)
+    counted = [0]
+
+    def count(container: Any) -> Any:
+        counted[0] += len(container)
+        check_decoded_size(counted[0], max_decoded_bytes)
+        return container
+
+    try:
+        # msgpack allocates a container at its declared length: bound that before the hooks can count
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, list_hook=count, object_hook=count,
+                               max_array_len=longest, max_map_len=longest)
+    except ValueError as exc:
+        if "exceeds max_" not in str(exc):
+            raise
+        raise DecodedTooLarge(f"body: a container longer than {longest} elements would take more than "
+                              f"{max_decoded_bytes} bytes decoded (max_decoded_bytes)") from exc
 
 
 def _reject_constant(token: str) -> Any:
@@ -483,9 +537,20 @@ def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
 
 
 def _finite(value: Any, name: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise WireError(f"{name}: expected a finite number, got {value!r}")
-    return float(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise WireError(f"{name}: expected a finite number, got {_short(value)}")
+    try:
+        number = float(value)  # an int beyond float's range (10**400) overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise WireError(f"{name}: expected a finite number, got {_short(value)}")
+    return number
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"an integer of {len(str(value))} digits"
+    return text[:80]
 
 
 def _time(obj: Mapping[str, Any], where: str) -> float:

@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     for module in (health, runs, ingest, metrics, snapshots):
         app.include_router(module.router)
     # outermost last: metrics see every reply; auth before anything reads a body
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, decoded_limit=settings.max_decoded_bytes)
     app.add_middleware(WriteGate, readiness=app.state.readiness)
     if settings.auth_tokens:
         app.add_middleware(BearerAuth, tokens=settings.auth_tokens)

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from client._wire import WireError
+from client._wire import DecodedTooLarge, WireError
 from service.core import errors as core
 
 log = logging.getLogger("linnaeus_metrics.api")
@@ -26,6 +26,7 @@ class BodyTooLarge(core.LimitExceeded):
 
 
 STATUS: dict[type[Exception], int] = {
+    DecodedTooLarge: 413,
     WireError: 422,
     core.InvalidInput: 422,
     core.NotFound: 404,

@@ -43,7 +43,7 @@ async def post_events(run_id: str, request: Request, registry: RegistryDep, sett
 def _decode(raw: bytes, content_type: str, settings: Settings) -> tuple[Delivery, list[Event]]:
     if not content_type.startswith((JSON_TYPE, MSGPACK_TYPE)):
         raise InvalidInput(f"content-type: expected {JSON_TYPE} or {MSGPACK_TYPE}, got {content_type!r}")
-    obj = unpack_body(raw, content_type)
+    obj = unpack_body(raw, content_type, settings.max_decoded_bytes)
     if not isinstance(obj, dict):
         raise InvalidInput(f"body: expected an object, got {type(obj).__name__}")
     events_raw = obj.get("events")
