@@ -549,8 +549,9 @@ def _finite(value: Any, name: str) -> float:
 
 
 def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"an integer of {len(str(value))} digits"
-    return text[:80]
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an integer of {len(str(value))} digits"
+    return repr(value)[:80]
 
 
 def _time(obj: Mapping[str, Any], where: str) -> float:
