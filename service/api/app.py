@@ -19,7 +19,7 @@ from service.api.routes import health, ingest, metrics, runs, snapshots
 from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
 from service.core.errors import StoreUnavailable
-from service.core.registry import RunRegistry
+from service.runtime.host import RunHost
 from service.settings import Settings
 from service.storage.sqlite import SqliteStore
 
@@ -48,10 +48,10 @@ def _open_store(settings: Settings, readiness: Readiness) -> SqliteStore | None:
         return None
 
 
-def _recover(registry: RunRegistry, store: SqliteStore, readiness: Readiness) -> float | None:
+def _recover(host: RunHost, store: SqliteStore, readiness: Readiness) -> float | None:
     started = time.monotonic()
     try:
-        count = registry.recover(store.load())
+        count = host.recover(store.load())
     except Exception as exc:  # a damaged journal must leave the service up but not ready
         log.exception("recovery failed; the service stays not ready")
         readiness.not_ready(f"recovery failed: {type(exc).__name__}: {exc}")
@@ -70,7 +70,7 @@ async def _checkpoint_wal(store: SqliteStore, interval_s: float) -> None:
         await to_thread.run_sync(store.checkpoint_wal)
 
 
-async def _shut_down(settings: Settings, sinks: Sequence[Sink], registry: RunRegistry, store: SqliteStore | None,
+async def _shut_down(settings: Settings, sinks: Sequence[Sink], host: RunHost, store: SqliteStore | None,
                      readiness: Readiness) -> None:
     recovered = readiness.recovered
     readiness.stop()
@@ -80,16 +80,13 @@ async def _shut_down(settings: Settings, sinks: Sequence[Sink], registry: RunReg
         await to_thread.run_sync(sink.close, settings.shutdown_timeout_s)
     if store is not None:
         if recovered:
-            await to_thread.run_sync(_final_images, registry)
+            await to_thread.run_sync(_final_images, host)
         await to_thread.run_sync(store.close)
 
 
-def _final_images(registry: RunRegistry) -> None:
+def _final_images(host: RunHost) -> None:
     try:
-        for run_id in registry.run_ids():
-            run = registry.get(run_id)
-            with run.lock:
-                registry.write_image(run)
+        host.write_images()
     except StoreUnavailable as exc:  # e.g. a full disk: the journal still holds everything
         log.warning("final recovery images not written: %s", exc)
 
@@ -108,15 +105,15 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
         readiness: Readiness = app.state.readiness
         chosen = list(sinks) if sinks is not None else default_sinks(settings)
         store = app.state.store = _open_store(settings, readiness) if settings.durable else None
-        registry = app.state.registry = RunRegistry(
+        host = app.state.host = RunHost(
             chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
             image_every_events=settings.snapshot_every_events)
-        app.state.telemetry.watch(registry)
+        app.state.telemetry.watch(host)
         if not settings.durable:
             readiness.set_ready()
         if store is not None:
             readiness.store = store
-            took = await to_thread.run_sync(_recover, registry, store, readiness)
+            took = await to_thread.run_sync(_recover, host, store, readiness)
             app.state.telemetry.recovery.set(took or 0.0)
         try:
             async with anyio.create_task_group() as tasks:
@@ -127,7 +124,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
                 finally:
                     tasks.cancel_scope.cancel()
         finally:
-            await _shut_down(settings, chosen, registry, store, readiness)
+            await _shut_down(settings, chosen, host, store, readiness)
 
     app = FastAPI(title="linnaeus-metrics", version="0.1.0", lifespan=lifespan,
                   summary="Exact global metrics for multi-task training across ranks")
