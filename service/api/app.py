@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
             chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
             image_every_events=settings.snapshot_every_events)
         app.state.telemetry.watch(host)
+        readiness.quarantined = host.quarantined
         if not settings.durable:
             readiness.set_ready()
         if store is not None:

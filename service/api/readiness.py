@@ -44,6 +44,8 @@ class Readiness:
         self.reason = "starting"
         self.store: Probeable | None = None
         self.recovered = False
+        #: runs recovery could not rebuild, and why (named in every report; the others serve)
+        self.quarantined: Callable[[], dict[str, str]] = dict
         self.probe_interval_s = probe_interval_s
         self._clock = clock
         self._next_probe = float("-inf")
@@ -87,9 +89,11 @@ class Readiness:
 
     def report(self) -> dict[str, Any]:
         """What ``/readyz`` answers."""
-        if self.ready:
-            return {"status": "ready"}
-        return {"status": "not_ready", "detail": self.reason}
+        report: dict[str, Any] = {"status": "ready"} if self.ready else {"status": "not_ready", "detail": self.reason}
+        quarantined = self.quarantined()
+        if quarantined:
+            report["quarantined"] = quarantined
+        return report
 
 
 class WriteGate:

@@ -54,7 +54,8 @@ def _get(args: argparse.Namespace, path: str) -> Any:
 def _runs(args: argparse.Namespace) -> int:
     runs = _get(args, "/v1/runs")["runs"]
     rows: list[tuple[str, ...]] = [("run", "status", "world_size", "watermark")]
-    rows += [(r["run_id"], r["status"], str(r["world_size"]), str(r["watermark"])) for r in runs]
+    rows += [(r["run_id"], r["status"], str(r.get("world_size", "-")), str(r.get("watermark", "-"))) for r in runs]
+    rows += [(r["run_id"], "  reason", r["reason"], "") for r in runs if r["status"] == "quarantined"]
     print(_format(rows))
     return 0
 

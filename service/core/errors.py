@@ -8,6 +8,7 @@
     │   └── UnknownSession
     ├── Conflict                the request contradicts the run's state
     │   ├── RunConflict         same run id, different spec
+    │   ├── RunQuarantined      the run's journal cannot be replayed; its data is kept as it is
     │   ├── SessionFenced       a newer session of the rank exists
     │   ├── SequenceGap         events skipped a sequence number
     │   ├── StepAlreadyCompleted
@@ -48,6 +49,10 @@ class UnknownSession(NotFound):
 
 class Conflict(ServiceError):
     """The request contradicts the run's current state."""
+
+
+class RunQuarantined(Conflict):
+    """The run's stored journal cannot be replayed: it is refused (never re-created over its data)."""
 
 
 class RunConflict(Conflict):

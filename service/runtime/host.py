@@ -18,7 +18,7 @@ from typing import Any
 
 from client._wire import Event, encode_event
 from service.core.emission import Notice, Sink
-from service.core.errors import LimitExceeded, RunConflict, UnknownRun
+from service.core.errors import LimitExceeded, RunConflict, RunQuarantined, UnknownRun
 from service.core.experiment import config_warnings
 from service.core.run_commands import Run
 from service.core.run_state import RunState
@@ -54,6 +54,7 @@ class RunHost:
         self._runs: dict[str, Run] = {}
         self._outboxes: dict[str, Outbox] = {}
         self._last_command: dict[str, int] = {}
+        self._quarantined: dict[str, str] = {}
         self.image_writes = 0
         self.image_seconds = 0.0
         self._lock = threading.Lock()
@@ -70,6 +71,7 @@ class RunHost:
         """
         spec = parse_spec(raw)
         with self._lock:
+            self._refuse_quarantined(spec.run_id)
             existing = self._runs.get(spec.run_id)
             if existing is not None:
                 if existing.spec.to_dict() != spec.to_dict():
@@ -104,9 +106,31 @@ class RunHost:
         for sink in self.sinks:
             sink.open_run(run.spec.run_id, run.spec.to_dict())
 
+    def quarantine(self, run_id: str, reason: str) -> None:
+        """Refuse ``run_id`` from now on (recovery could not rebuild it); its stored data stays."""
+        with self._lock:
+            self._runs.pop(run_id, None)
+            self._outboxes.pop(run_id, None)
+            self._last_command.pop(run_id, None)
+            self._quarantined[run_id] = reason
+        log.error("run %s quarantined: %s; its stored data is kept as it is, the run is refused until "
+                  "it is repaired or deleted", run_id, reason)
+
+    def quarantined(self) -> dict[str, str]:
+        """Quarantined runs and why."""
+        with self._lock:
+            return dict(self._quarantined)
+
+    def _refuse_quarantined(self, run_id: str) -> None:
+        reason = self._quarantined.get(run_id)
+        if reason is not None:
+            raise RunQuarantined(f"run: {run_id!r} is quarantined ({reason}); its data is kept, it takes no "
+                                 "commands until it is repaired and the service restarted, or it is deleted")
+
     def get(self, run_id: str) -> Run:
-        """The run ``run_id``; raises UnknownRun (InvalidInput for a malformed id)."""
+        """The run ``run_id``; raises UnknownRun (InvalidInput for a malformed id), RunQuarantined."""
         check_run_id(run_id)
+        self._refuse_quarantined(run_id)
         run = self._runs.get(run_id)
         if run is None:
             raise UnknownRun(f"run: no run {run_id!r}")
@@ -122,8 +146,14 @@ class RunHost:
         return [run for run_id in self.run_ids() if (run := self._runs.get(run_id)) is not None]
 
     def delete_run(self, run_id: str) -> None:
-        """Remove a run and its data."""
+        """Remove a run and its data (a quarantined run's too: the operator gives it up)."""
         with self._lock:
+            if run_id in self._quarantined:
+                if self.store is not None:
+                    self.store.delete_run(run_id)
+                del self._quarantined[run_id]
+                log.warning("quarantined run %s deleted with its stored data", run_id)
+                return
             run = self.get(run_id)
             with run.lock:
                 if self.store is not None:
@@ -284,11 +314,13 @@ class RunHost:
     # ------------------------------------------------------------ reads
 
     def list_runs(self) -> list[dict[str, Any]]:
-        """Short info of every run."""
+        """Short info of every run, quarantined ones included (status ``quarantined``, with the reason)."""
         out = []
         for run in self.runs():
             with run.lock:
                 out.append(views.short_info(run))
+        out += [{"run_id": run_id, "status": "quarantined", "reason": reason}
+                for run_id, reason in sorted(self.quarantined().items())]
         return out
 
     def info(self, run_id: str) -> dict[str, Any]:

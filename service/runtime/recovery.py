@@ -20,13 +20,21 @@ if TYPE_CHECKING:
 
 
 def recover(host: RunHost, stored_runs: Iterable[StoredRun]) -> int:
-    """Rebuild every stored run into ``host``; returns the count."""
+    """Rebuild every stored run into ``host``; returns the count.
+
+    A run whose stored data cannot be read or replayed is quarantined (``host.quarantine``):
+    refused with its reason, its data left as it is, and the other runs recover as usual.
+    """
     count = 0
     for stored in stored_runs:
-        run = _from_image(host, stored) if stored.image is not None else None
-        for command_id, kind, payload in stored.commands:
-            run = _replay(host, run, kind, payload)
-            host.note_replayed(stored.run_id, command_id)
+        if stored.damage is not None:
+            host.quarantine(stored.run_id, stored.damage)
+            continue
+        try:
+            run = _rebuild(host, stored)
+        except Exception as exc:  # any failure of one run's replay: that run only
+            host.quarantine(stored.run_id, f"replay failed: {type(exc).__name__}: {exc}"[:500])
+            continue
         if run is None:
             continue
         run.state.drain()
@@ -35,6 +43,14 @@ def recover(host: RunHost, stored_runs: Iterable[StoredRun]) -> int:
             host.open_sinks(run)
         count += 1
     return count
+
+
+def _rebuild(host: RunHost, stored: StoredRun) -> Run | None:
+    run = _from_image(host, stored) if stored.image is not None else None
+    for command_id, kind, payload in stored.commands:
+        run = _replay(host, run, kind, payload)
+        host.note_replayed(stored.run_id, command_id)
+    return run
 
 
 def _persist_checkpoints(host: RunHost, run: Run) -> None:

@@ -16,11 +16,16 @@ from typing import Any, Protocol
 
 @dataclass
 class StoredRun:
-    """What recovery needs of one run: its image (if any) and the commands after it."""
+    """What recovery needs of one run: its image (if any) and the commands after it.
+
+    ``damage`` says why the run's stored data cannot be read (recovery quarantines the run
+    and keeps its data as it is); image and commands are then empty.
+    """
 
     run_id: str
     image: dict[str, Any] | None
     commands: list[tuple[int, str, dict[str, Any]]]
+    damage: str | None = None
 
 
 class Store(Protocol):
@@ -43,7 +48,8 @@ class Store(Protocol):
         """Remove everything of a run."""
 
     def load(self) -> Iterator[StoredRun]:
-        """Every run, in creation order, for recovery."""
+        """Every run, in creation order, for recovery; a run that cannot be read comes with
+        its ``damage`` (the other runs still come)."""
 
     def probe(self) -> None:
         """Prove the store can write now; raises ``StoreUnavailable`` otherwise."""

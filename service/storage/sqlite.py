@@ -118,13 +118,18 @@ class SqliteStore:
                                for table in ("commands", "images", "blobs")])
 
     def load(self) -> Iterator[StoredRun]:
-        """Every run, in creation order, for recovery."""
+        """Every run, in creation order, for recovery; a run whose rows cannot be read comes with
+        its ``damage`` and the others still come."""
         with self._lock:
             ids = [r[0] for r in self._db.execute(
                 "SELECT run_id FROM (SELECT run_id, MIN(id) AS first FROM commands GROUP BY run_id "
                 "UNION ALL SELECT run_id, command_id FROM images) GROUP BY run_id ORDER BY MIN(first)")]
         for run_id in ids:
-            yield self._load_run(run_id)
+            try:
+                yield self._load_run(run_id)
+            except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+                    sqlite3.DatabaseError) as exc:
+                yield StoredRun(run_id, None, [], damage=f"stored rows unreadable ({type(exc).__name__}: {exc})"[:500])
 
     def _load_run(self, run_id: str) -> StoredRun:
         with self._lock:
