@@ -62,7 +62,8 @@ def config_errors(config: dict[str, Any], total_steps: int | None, run_id: str) 
         return [str(exc)]
     # each group alone, and the unknown keys alone, so that one error does not hide the others
     parts = [{k: v for k, v in section.items() if k not in KNOWN_KEYS}]
-    parts += [{k: v for k, v in section.items() if k.startswith(f"{g.upper()}_")} for g in GROUPS]
+    parts += [{k: v for k, v in section.items() if k in KNOWN_KEYS and k.startswith(f"{g.upper()}_")}
+              for g in GROUPS]
     errors = [err for part in parts if part and (err := _error(resolve_schedule, {"METRICS": part}, 1))]
     if total_steps is None and any(k.endswith("_FRACTION") and v for k, v in section.items()):
         errors.append("the METRICS section uses *_FRACTION keys: pass --total-steps N to resolve them")

@@ -27,8 +27,10 @@ def add_commands(commands: Any) -> None:
         from service.cli.serve_flags import add_setting_flags
     except ImportError as exc:  # the base install: the client and the query commands only
         missing = exc.name or str(exc)
-        serve = commands.add_parser("serve", help=f"{help_} [needs the service extra]", add_help=False)
-        serve.add_argument("rest", nargs=argparse.REMAINDER)
+        # no option prefix: every argument (--help included) is taken as is, and the reply names the extra
+        serve = commands.add_parser("serve", help=f"{help_} [needs the service extra]", add_help=False,
+                                    prefix_chars="\x00")
+        serve.add_argument("rest", nargs="*")
         serve.set_defaults(func=lambda _args: _missing_extra(missing))
         return
     serve = commands.add_parser("serve", help=help_, description=f"{help_}. Every setting is a flag and an "
