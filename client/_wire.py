@@ -46,6 +46,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-]{1,128}$")
 SCALAR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-][A-Za-z0-9_.:+=@/-]{0,199}$")
 MAX_STEP = 2**53
 MAX_ARRAY_DIMS = 4
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_DIM = 2**31 - 1  # any larger dimension cannot be sent within a body limit
 #: estimated bytes a decoded value takes in memory (a pointer and a small object), for the decode bound
 DECODED_VALUE_BYTES = 40
@@ -195,6 +196,8 @@ def _decode_list(obj: list[Any], name: str, kind: str) -> np.ndarray:
         raise WireError(f"{name}: class indices must be integers")
     if kind == "float" and not all(isinstance(v, int | float) for v in values):
         raise WireError(f"{name}: expected numbers")
+    if kind == "float" and any(type(v) is int and not INT64_MIN <= v <= INT64_MAX for v in values):
+        raise WireError(f"{name}: an integer outside int64")
     try:
         return np.asarray(obj, dtype=np.int64 if kind == "int" else np.float64)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -539,10 +542,9 @@ def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
 def _finite(value: Any, name: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise WireError(f"{name}: expected a finite number, got {_short(value)}")
-    try:
-        number = float(value)  # an int beyond float's range (10**400) overflows here
-    except OverflowError:
-        number = math.inf
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:  # also what float() would overflow on
+        raise WireError(f"{name}: expected a finite number, got {_short(value)} (outside int64)")
+    number = float(value)
     if not math.isfinite(number):
         raise WireError(f"{name}: expected a finite number, got {_short(value)}")
     return number
