@@ -41,6 +41,13 @@ class Outbox:
             finally:
                 self._turn.release()
 
+    def settle(self, sinks: Sequence[Sink]) -> None:
+        """Deliver every queued item now, waiting for a thread that is delivering (sinks' calls
+        never block, so the wait is short): afterwards nothing is between the run and the sinks."""
+        with self._turn:
+            while self._items:
+                _deliver(self._take(), sinks)
+
     def _take(self) -> list[Item]:
         taken = []
         while self._items:

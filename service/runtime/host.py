@@ -14,10 +14,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from client._wire import Event, encode_event
-from service.core.emission import Notice, Sink
+from service.core.emission import Emission, Notice, Sink
 from service.core.errors import LimitExceeded, RunConflict, RunQuarantined, UnknownRun
 from service.core.experiment import config_warnings
 from service.core.run_commands import Run
@@ -28,6 +28,24 @@ from service.runtime.dispatch import Outbox
 from service.storage.base import Store, StoredRun
 
 log = logging.getLogger("linnaeus_metrics.runtime")
+
+
+@runtime_checkable
+class ResumingSink(Protocol):
+    """A sink whose output must survive a crash of the service (the wandb sink): what it has not
+    written yet is kept in each recovery image, and recovery hands it back with the emissions
+    replayed after that image; it drops whatever it had already written."""
+
+    name: str
+
+    def backlog(self, run_id: str) -> dict[str, Any] | None:
+        """What the sink has not written yet, msgpack-safe (None: nothing)."""
+
+    def restore_backlog(self, run_id: str, backlog: Mapping[str, Any]) -> None:
+        """Take a ``backlog`` back after a restart."""
+
+    def emit(self, emissions: Sequence[Emission]) -> None:
+        """Queue emissions (as ``Sink.emit``)."""
 
 
 class RunHost:
@@ -271,14 +289,32 @@ class RunHost:
             outbox.dispatch(self.sinks)
 
     def write_image(self, run: Run) -> None:
-        """Compact: one image replaces the run's journal so far (caller holds the lock)."""
+        """Compact: one image replaces the run's journal so far (caller holds the lock).
+
+        The image also keeps what sinks have not written yet (``sink_backlogs``): the journal
+        before it is gone, so a crash could not replay their emissions any more.
+        """
         if self.store is None or run.spec.run_id not in self._last_command:
             return
         started = time.perf_counter()
-        self.store.write_image(run.spec.run_id, self._last_command[run.spec.run_id], run.image())
+        image = run.image()
+        image["sink_backlogs"] = self._sink_backlogs(run)
+        self.store.write_image(run.spec.run_id, self._last_command[run.spec.run_id], image)
         run.events_since_image = 0
         self.image_writes += 1
         self.image_seconds += time.perf_counter() - started
+
+    def _sink_backlogs(self, run: Run) -> dict[str, Any]:
+        keeping = [sink for sink in self.sinks if isinstance(sink, ResumingSink)]
+        if not keeping:
+            return {}
+        outbox = self._outboxes.get(run.spec.run_id)
+        if outbox is not None:
+            # emissions still on their way must be in the sinks' backlogs; emit() never blocks,
+            # so handing them over here, under the run lock, is brief
+            outbox.settle(self.sinks)
+        backlogs = {sink.name: sink.backlog(run.spec.run_id) for sink in keeping}
+        return {name: backlog for name, backlog in backlogs.items() if backlog}
 
     def write_images(self) -> None:
         """An image of every run (at shutdown: the next start is quick)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from client._wire import decode_event, decode_events, unpack_body
 from service.core.run_commands import Run
 from service.core.spec import parse_spec
+from service.runtime.host import ResumingSink
 from service.storage.base import StoredRun
 
 if TYPE_CHECKING:
@@ -37,12 +38,27 @@ def recover(host: RunHost, stored_runs: Iterable[StoredRun]) -> int:
             continue
         if run is None:
             continue
-        run.state.drain()
+        replayed = run.state.drain()
         _persist_checkpoints(host, run)
         if not run.state.finished:
             host.open_sinks(run)
+            _resume_sinks(host, run, stored, replayed)
         count += 1
     return count
+
+
+def _resume_sinks(host: RunHost, run: Run, stored: StoredRun, replayed: list[Any]) -> None:
+    """Sinks that resume after a crash get back what they had not written at the last image,
+    then the emissions replayed since; each drops what it already wrote (the wandb sink reads
+    its run files), so every row reaches it once."""
+    backlogs = (stored.image or {}).get("sink_backlogs") or {}
+    for sink in host.sinks:
+        if not isinstance(sink, ResumingSink):
+            continue
+        if sink.name in backlogs:
+            sink.restore_backlog(run.spec.run_id, backlogs[sink.name])
+        if replayed:
+            sink.emit(replayed)
 
 
 def _rebuild(host: RunHost, stored: StoredRun) -> Run | None:

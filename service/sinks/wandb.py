@@ -29,6 +29,7 @@ from typing import Any
 from service.core.emission import Emission, Notice
 from service.core.errors import ConfigError
 from service.core.experiment import WandbOptions, resolve_wandb_options, without_secrets
+from service.sinks.wandb_log import logged_through
 from service.sinks.wandb_rows import Rows
 
 _log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ MODES = ("online", "offline", "disabled")
 _ROWS_PER_TURN = 256
 #: Wake-up bound while a retry is scheduled (an injected clock may not follow real time).
 _MAX_IDLE_WAIT_S = 1.0
+#: Seconds between reads of wandb's run file to confirm rows handed to it.
+_CONFIRM_EVERY_S = 2.0
 _DISABLED = WandbOptions(
     enabled=False,
     project="",
@@ -93,6 +96,9 @@ class _Run:
     wandb_run_id: str | None = None
     dir: str | None = None
     config_error: str | None = None
+    #: rows handed to wandb but not yet seen in its run file (wandb-core writes them a little later)
+    unconfirmed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    next_confirm: float = float("-inf")
 
     def pending_rows(self) -> int:
         return len(self.rows.rows) + (self.retry_row is not None)
@@ -244,6 +250,28 @@ class WandbSink:
     def notice(self, notice: Notice) -> None:
         """Status changes do not reach wandb (its rows and summary carry the values)."""
 
+    def backlog(self, run_id: str) -> dict[str, Any] | None:
+        """The run's rows not yet in wandb's file: pending ones and those handed to wandb but not
+        seen written (the recovery image keeps them: a crash then loses none); None: nothing."""
+        with self._cond:
+            run = self._runs.get(run_id)
+            if run is None or run.disabled or run.done:
+                return None
+            backlog = run.rows.backlog()
+            handed = dict(run.unconfirmed)
+            if run.retry_row is not None:
+                handed[run.retry_row[0]] = run.retry_row[1]
+            backlog["rows"][:0] = [[step, dict(row)] for step, row in sorted(handed.items())]
+            return backlog
+
+    def restore_backlog(self, run_id: str, backlog: Mapping[str, Any]) -> None:
+        """After a restart: take back what the recovery image kept (before any replayed emission)."""
+        with self._cond:
+            run = self._runs.get(run_id)
+            if run is not None and not run.disabled and not run.done:
+                run.rows.restore(backlog)
+                self._cond.notify()
+
     def delete_run(self, run_id: str) -> None:
         """Forget the run; its wandb run is finished in the background, files are kept."""
         with self._cond:
@@ -347,11 +375,14 @@ class WandbSink:
             self._call(run, "init", lambda: self._start(run))
         elif self._send_rows(run) and self._write_summary(run):
             self._complete_flushes(run)
+        if run.wandb_run is not None:
+            self._confirm(run)
 
     def _start(self, run: _Run) -> None:
         init = self._init_fn or _wandb_init
         opts = run.options
         self.dir.mkdir(parents=True, exist_ok=True)
+        written = logged_through(self.dir, opts.run_id)  # before a crash: what wandb really has
         wandb_run = init(
             project=opts.project,
             entity=opts.entity,
@@ -374,7 +405,9 @@ class WandbSink:
             run.wandb_run_id = str(getattr(wandb_run, "id", opts.run_id))
             run.dir = str(getattr(wandb_run, "sync_dir", "") or self.dir)
             if getattr(wandb_run, "resumed", False) and resumed_at > 0:
-                run.rows.sent_step = max(run.rows.sent_step, resumed_at - 1)
+                written = max(written if written is not None else -1, resumed_at - 1)
+            if written is not None:
+                run.rows.drop_through(written)
 
     def _send_rows(self, run: _Run) -> bool:
         """Send up to one turn of sealed rows; False if a call failed or rows remain."""
@@ -383,6 +416,8 @@ class WandbSink:
             with self._cond:
                 item = run.retry_row or run.rows.take(everything=run.flushing())
                 run.retry_row = None
+                if item is not None:  # in a backlog from the moment it leaves the rows, written or not
+                    run.unconfirmed[item[0]] = item[1]
             if item is None:
                 return True
             step, row = item
@@ -394,6 +429,21 @@ class WandbSink:
                 run.rows_logged += 1
                 run.last_step = step
         return False
+
+    def _confirm(self, run: _Run) -> None:
+        """Forget unconfirmed rows once wandb's file holds them (at most every few seconds)."""
+        now = self._clock()
+        if not run.unconfirmed or now < run.next_confirm:
+            return
+        started = time.perf_counter()
+        written = logged_through(self.dir, run.wandb_run_id or run.options.run_id)
+        # reading grows with the file: keep it under ~2 % of the worker's time
+        run.next_confirm = now + max(_CONFIRM_EVERY_S, 50 * (time.perf_counter() - started))
+        with self._cond:
+            keep = {s: r for s, r in run.unconfirmed.items() if written is None or s > written}
+            while len(keep) > self._max_pending_rows:  # bounded like the pending rows
+                del keep[min(keep)]
+            run.unconfirmed = keep
 
     def _log_row(self, run: _Run, step: int, row: dict[str, Any]) -> None:
         for key in row:

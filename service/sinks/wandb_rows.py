@@ -56,6 +56,25 @@ class Rows:
         self.sent_step = step
         return step, self.rows.pop(step)
 
+    def backlog(self) -> dict[str, Any]:
+        """What is not sent yet, msgpack-safe (kept in a run's recovery image: DESIGN §9)."""
+        return {"rows": [[step, dict(row)] for step, row in sorted(self.rows.items())],
+                "summary": dict(self.summary), "directions": dict(self.directions)}
+
+    def restore(self, backlog: Mapping[str, Any]) -> None:
+        """Take back a ``backlog`` (after a restart, before the replayed emissions)."""
+        for key, direction in backlog.get("directions", {}).items():
+            self.directions.setdefault(str(key), direction)
+        self.summary.update(backlog.get("summary", {}))
+        for step, row in backlog.get("rows", []):
+            self._merge(int(step), row)
+
+    def drop_through(self, step: int) -> None:
+        """wandb already has every row up to ``step``: drop those pending, send none of them again."""
+        self.rows = {s: row for s, row in self.rows.items() if s > step}
+        self._heap = sorted(self.rows)
+        self.sent_step = max(self.sent_step, step)
+
     def sendable(self, *, everything: bool) -> bool:
         """Whether ``take`` would return a row."""
         return bool(self._heap) and (everything or self._heap[0] != self._top)

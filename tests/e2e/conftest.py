@@ -108,7 +108,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--log-level", "info", *self.args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True)
+            text=True, start_new_session=True)  # its own process group: kill9 takes its children too
         ServiceProcess.alive.add(self.proc)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         deadline = time.monotonic() + timeout_s
@@ -140,8 +140,9 @@ class ServiceProcess:
                 self.lines.append(line)
 
     def kill9(self) -> None:
+        """SIGKILL to the service and every process it started (wandb-core), as a crashed host would."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
     def terminate(self) -> int:
