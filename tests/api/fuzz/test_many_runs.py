@@ -37,9 +37,11 @@ def _stream_rank(url: str, run_id: str, data: RunData, rank: int, start: threadi
     rng = random.Random(f"{run_id}/{rank}")
     binary = rng.random() < 0.5
     events = stream_events(data, rank)
+    session = httpx.post(f"{url}/v1/runs/{run_id}/sessions", json={"rank": rank}, timeout=BUDGET_S).json()["session"]
+    start.wait(timeout=BUDGET_S)
+    # a connection of its own from here: one idle at the barrier past uvicorn's keep-alive (5 s,
+    # when 80 sessions' commits are slow) would be closed under the first delivery
     with httpx.Client(base_url=url, timeout=BUDGET_S) as client:
-        session = client.post(f"/v1/runs/{run_id}/sessions", json={"rank": rank}).json()["session"]
-        start.wait(timeout=BUDGET_S)
         sent = 0
         while sent < len(events):
             chunk = events[sent:sent + rng.randint(1, 6)]
