@@ -243,6 +243,23 @@ def test_too_many_labels_in_one_family_is_refused(service: Service) -> None:
     assert service.state() == before
 
 
+def test_more_than_256_tasks_is_422(service: Service) -> None:
+    spec = DATA.spec(f"{service.run}-tasks", METRICS)
+    spec["tasks"] = [{"name": f"t{i}", "num_classes": 3, "null_index": 0} for i in range(257)]
+    _refused(service.http.post("/v1/runs", json=spec), 422, "tasks")
+    assert service.http.get(f"/v1/runs/{service.run}-tasks").status_code == 404
+
+
+@pytest.mark.xfail(strict=True, reason=f"families per run: {SPEC_RULES}")
+def test_more_than_64_subset_families_is_refused(service: Service) -> None:
+    spec = DATA.spec(f"{service.run}-families", METRICS)
+    spec["subsets"] = {f"family{i}": ["a", "b"] for i in range(65)}
+    reply = service.http.post("/v1/runs", json=spec)
+    assert reply.status_code in (422, 429), reply.text
+    assert "64" in reply.json()["detail"]
+    assert service.http.get(f"/v1/runs/{service.run}-families").status_code == 404
+
+
 # ---------------------------------------------------------------- item 8 at the HTTP level
 
 def test_dense_json_is_refused_before_it_is_parsed(service: Service) -> None:

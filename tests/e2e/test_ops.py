@@ -5,6 +5,7 @@ a real full filesystem."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import socket
 import sqlite3
@@ -196,6 +197,10 @@ def test_the_wal_is_checkpointed_regularly_and_at_shutdown(tmp_path: Path) -> No
     wal = Path(f"{db}-wal")
     assert not wal.exists() or wal.stat().st_size == 0
     assert {"r1", "r2"} <= _runs_in_main_file_only(db, tmp_path)
+    # issue 14, item 9: every log line has a timestamp (uvicorn's too); run creation is logged
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) for line in service.lines), service.log()
+    assert any("uvicorn" in line or "Uvicorn" in line or "Started server process" in line for line in service.lines)
+    assert any("run r1 created" in line for line in service.lines), service.log()
 
 
 # ---------------------------------------------------------------- item 11: one service per data dir; a busy port
