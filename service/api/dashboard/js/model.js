@@ -1,0 +1,130 @@
+// One run as the page sees it: REST state loaded once, then kept current by the stream.
+// Stream messages that arrive while the REST load is in flight are held and applied after
+// it, so nothing between the load and the stream's start is lost; points are keyed by
+// step, so a message the load already covered just rewrites the same point.
+
+import { api } from "./api.js";
+import { parseKey } from "./identity.js";
+import { Stream } from "./sse.js";
+
+const HISTORY_POINTS = 5000;
+const INFO_REFRESH_MS = 1000;
+
+export class RunModel {
+  constructor(runId, onChange) {
+    this.runId = runId;
+    this.onChange = onChange; // (what: "data" | "info" | "alert" | "reset" | "stream", detail)
+    this.series = new Map(); // key -> {steps, values, id}
+    this.latest = new Map(); // key -> {value, step}
+    this.alerts = [];
+    this.extraMarkers = [];
+    this.info = null;
+    this.summary = {};
+    this.loaded = false;
+    this.held = [];
+    this.lastEmissionAt = new Map(); // step -> Date.now() when it reached the page (latency)
+  }
+
+  get tasks() { return this.info ? this.info.tasks.map((t) => t.name) : []; }
+
+  /** Markers on the step axis: ``[{kind, step, id}]``. */
+  get markers() {
+    if (this.info && Array.isArray(this.info.markers)) return this.info.markers.concat(this.extraMarkers);
+    const fromIds = (this.info?.checkpoints || []).filter((c) => /^\d+$/.test(c))
+      .map((c) => ({ kind: "checkpoint", step: Number(c), id: c }));
+    return fromIds.concat(this.extraMarkers);
+  }
+
+  async start() {
+    this.stream = new Stream(api.streamPath(this.runId), (t, d, id) => this._message(t, d, id),
+                             (s) => this.onChange("stream", s)).start();
+    await this.load();
+    return this;
+  }
+
+  close() { this.stream?.close(); clearTimeout(this.infoTimer); }
+
+  async load() {
+    this.loaded = false;
+    const [info, history, metrics, summary] = await Promise.all([
+      api.run(this.runId), api.history(this.runId, null, HISTORY_POINTS), api.metrics(this.runId),
+      api.summary(this.runId)]);
+    this._setInfo(info);
+    this.summary = summary.summary || {};
+    this.series.clear();
+    const tasks = this.tasks;
+    for (const [key, s] of Object.entries(history.series)) {
+      this.series.set(key, { steps: s.steps.slice(), values: s.values.slice(), id: parseKey(key, tasks) });
+    }
+    this.latest = new Map(Object.entries(metrics.metrics));
+    this.loaded = true;
+    const held = this.held;
+    this.held = [];
+    for (const [type, data] of held) this._apply(type, data);
+    this.onChange("reset");
+  }
+
+  _setInfo(info) {
+    this.info = info;
+    this.extraMarkers = [];
+    if (Array.isArray(info.alerts)) this.alerts = info.alerts.slice();
+  }
+
+  _message(type, data) {
+    if (!this.loaded) { this.held.push([type, data]); return; }
+    this._apply(type, data);
+  }
+
+  _apply(type, data) {
+    if (type === "emission") this._emission(data);
+    else if (type === "alert") { this.alerts.push(data); this.onChange("alert", data); this._refreshInfo(); }
+    else if (type === "resync") this.load();
+    else if (type === "status") this._status(data);
+  }
+
+  _emission(data) {
+    const tasks = this.tasks;
+    for (const [key, value] of Object.entries(data.values)) {
+      const id = data.metrics?.[key] || this.series.get(key)?.id || parseKey(key, tasks);
+      let s = this.series.get(key);
+      if (!s) this.series.set(key, (s = { steps: [], values: [], id }));
+      s.id = id;
+      insertPoint(s, data.step, value);
+      const last = this.latest.get(key);
+      if (!last || last.step <= data.step) this.latest.set(key, { value, step: data.step });
+    }
+    if (data.group === "final") this.summary = { ...this.summary, ...data.values };
+    if (!this.lastEmissionAt.has(data.step)) this.lastEmissionAt.set(data.step, Date.now());
+    this.onChange("data", data);
+    this._refreshInfo();
+  }
+
+  _status(data) {
+    if (data.kind === "restore") { this.load(); return; } // the service discarded history past the cut
+    if (data.kind === "checkpoint" && !Array.isArray(this.info?.markers)) {
+      this.extraMarkers.push({ kind: "checkpoint", step: data.step, id: data.detail?.id ?? String(data.step) });
+    }
+    this._refreshInfo();
+  }
+
+  /** Re-read the run's info at most once a second, only when the stream says something changed. */
+  _refreshInfo() {
+    if (this.infoTimer) return;
+    this.infoTimer = setTimeout(async () => {
+      try {
+        this._setInfo(await api.run(this.runId));
+        this.onChange("info", this.info);
+      } finally { this.infoTimer = null; }
+    }, INFO_REFRESH_MS);
+  }
+}
+
+/** Add (or overwrite) the value at ``step``, keeping steps sorted (appends are the usual case). */
+export function insertPoint(s, step, value) {
+  const n = s.steps.length;
+  if (!n || s.steps[n - 1] < step) { s.steps.push(step); s.values.push(value); return; }
+  let i = n - 1;
+  while (i > 0 && s.steps[i - 1] >= step) i--;
+  if (s.steps[i] === step) s.values[i] = value;
+  else { s.steps.splice(i, 0, step); s.values.splice(i, 0, value); }
+}

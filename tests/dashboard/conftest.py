@@ -1,0 +1,95 @@
+"""Browser fixtures: Debian's chromium driven by Playwright, a real service on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from service.api import create_app
+from service.settings import Settings
+from tests.dashboard.fake_stream import FakeStream, has_stream_route
+from tests.e2e.conftest import _Server
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("LINNAEUS_METRICS_ARTIFACTS", "/tmp/linnaeus-metrics-artifacts")) / "dashboard"
+
+
+@dataclass
+class Service:
+    url: str
+    app: Any
+    real_stream: bool
+
+
+@contextmanager
+def serve(tmp_path: Path, tokens: list[str] | None = None) -> Iterator[Service]:
+    """The real app on a free loopback port (with a stand-in stream until the real one is merged)."""
+    settings = Settings(data_dir=tmp_path / "data", wandb_enabled=False, console_enabled=False,
+                        auth_tokens=tokens or [])
+    fake = FakeStream()
+    app = create_app(settings, sinks=[fake])
+    real = has_stream_route(app)
+    if not real:
+        fake.install(app)
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert server.listening.wait(20), "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Service(f"http://127.0.0.1:{port}", app, real)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the [test] extra)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class Console:
+    """Console errors and uncaught page errors seen by one page."""
+
+    errors: list[str] = field(default_factory=list)
+
+    def attach(self, page: Any) -> None:
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def readme_screenshot(page: Any) -> None:
+    """The README's picture of the run page, made by this suite."""
+    target = ROOT / "docs" / "dashboard.png"
+    target.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(target), full_page=False)
+
+
+def copy_artifact(src: Path, name: str) -> None:
+    shutil.copy(src, ARTIFACTS / name)
