@@ -43,7 +43,8 @@ def serve(tmp_path: Path, tokens: list[str] | None = None) -> Iterator[Service]:
     real = has_stream_route(app)
     if not real:
         fake.install(app)
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on"))
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on",
+                                        timeout_graceful_shutdown=5))  # open streams end at shutdown
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert server.listening.wait(20), "uvicorn did not start"
@@ -74,8 +75,13 @@ class Console:
     errors: list[str] = field(default_factory=list)
 
     def attach(self, page: Any) -> None:
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.set_default_timeout(15_000)
+        page.on("console", self._console)
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
 
 
 @pytest.fixture

@@ -48,7 +48,8 @@ class Feed:
                 client.log_pipeline(step, {"queue_depths/batch_index_q": float(step % 5 + rank),
                                            "cache/size": float(100 + step)})
                 if step % 4 == 0:
-                    client.log_gradnorm(step, {"avg_norm": 1.0 + 0.1 * rank, "weight/genus": 0.5, "weight/species": 0.5})
+                    client.log_gradnorm(step, {"avg_norm": 1.0 + 0.1 * rank, "weight/genus": 0.5,
+                                               "weight/species": 0.5})
             if step % STEPS_PER_EPOCH == 0 and len(ranks) == 2:
                 self.close_epoch(step)
 

@@ -21,7 +21,7 @@ function crumbs(parts) {
 
 function toast(alert) {
   const box = document.getElementById("alerts");
-  const node = el(`div.alert.${alert.level || "WARN"}`, { role: "alert" },
+  const node = el(`div.alert.${String(alert.level || "WARN").replace(/[^\w-]/g, "_")}`, { role: "alert" },
     el("button", { "aria-label": "dismiss", onclick: () => node.remove() }, "×"),
     el("b", {}, `${alert.run_id}: ${alert.name}`), el("div", {}, alert.message || `${alert.key} = ${alert.value}`));
   box.append(node);

@@ -4,18 +4,21 @@
 // step, so a message the load already covered just rewrites the same point.
 
 import { api } from "./api.js";
-import { parseKey } from "./identity.js";
+import { parseKey, place } from "./identity.js";
 import { Stream } from "./sse.js";
 
 const HISTORY_POINTS = 5000;
 const INFO_REFRESH_MS = 1000;
+const URL_KEYS_CHARS = 6000; // keys per /history request, well within URL limits
 
 export class RunModel {
   constructor(runId, onChange) {
     this.runId = runId;
     this.onChange = onChange; // (what: "data" | "info" | "alert" | "reset" | "stream", detail)
-    this.series = new Map(); // key -> {steps, values, id}
+    this.series = new Map(); // key -> {steps, values}
     this.latest = new Map(); // key -> {value, step}
+    this.ids = new Map(); // key -> identity
+    this.fetched = new Set(); // keys whose history was asked for (the stream extends it)
     this.alerts = [];
     this.extraMarkers = [];
     this.info = null;
@@ -46,22 +49,56 @@ export class RunModel {
 
   async load() {
     this.loaded = false;
-    const [info, history, metrics, summary] = await Promise.all([
-      api.run(this.runId), api.history(this.runId, null, HISTORY_POINTS), api.metrics(this.runId),
-      api.summary(this.runId)]);
+    const [info, metrics, summary] = await Promise.all([
+      api.run(this.runId), api.metrics(this.runId), api.summary(this.runId)]);
     this._setInfo(info);
     this.summary = summary.summary || {};
-    this.series.clear();
-    const tasks = this.tasks;
-    for (const [key, s] of Object.entries(history.series)) {
-      this.series.set(key, { steps: s.steps.slice(), values: s.values.slice(), id: parseKey(key, tasks) });
-    }
     this.latest = new Map(Object.entries(metrics.metrics));
+    this.series.clear();
+    this.ids.clear();
+    this.fetched.clear();
+    // only charted keys now; a subset family's series when the user opens it (there may be thousands)
+    await this.loadKeys([...this.latest.keys()].filter((k) => place(this.identity(k), this.tasks)));
     this.loaded = true;
     const held = this.held;
     this.held = [];
     for (const [type, data] of held) this._apply(type, data);
     this.onChange("reset");
+  }
+
+  /** Every key the run has a value for. */
+  keys() { return new Set([...this.latest.keys(), ...this.series.keys()]); }
+
+  /** A key's identity: as the stream gave it, else derived from the key. */
+  identity(key) {
+    let id = this.ids.get(key);
+    if (!id) this.ids.set(key, (id = parseKey(key, this.tasks)));
+    return id;
+  }
+
+  /** Fetch the history of ``keys`` and merge it into the series (points are keyed by step). */
+  async loadKeys(keys) {
+    for (const key of keys) this.fetched.add(key);
+    const chunks = [[]];
+    let size = 0;
+    for (const key of keys) {
+      if (size + key.length > URL_KEYS_CHARS) { chunks.push([]); size = 0; }
+      chunks[chunks.length - 1].push(key);
+      size += key.length + 1;
+    }
+    const replies = await Promise.all(chunks.filter((c) => c.length).map((c) => api.history(this.runId, c, HISTORY_POINTS)));
+    for (const reply of replies) {
+      for (const [key, h] of Object.entries(reply.series)) {
+        const s = this._seriesOf(key);
+        h.steps.forEach((step, i) => insertPoint(s, step, h.values[i]));
+      }
+    }
+  }
+
+  _seriesOf(key) {
+    let s = this.series.get(key);
+    if (!s) this.series.set(key, (s = { steps: [], values: [] }));
+    return s;
   }
 
   _setInfo(info) {
@@ -83,13 +120,9 @@ export class RunModel {
   }
 
   _emission(data) {
-    const tasks = this.tasks;
     for (const [key, value] of Object.entries(data.values)) {
-      const id = data.metrics?.[key] || this.series.get(key)?.id || parseKey(key, tasks);
-      let s = this.series.get(key);
-      if (!s) this.series.set(key, (s = { steps: [], values: [], id }));
-      s.id = id;
-      insertPoint(s, data.step, value);
+      if (data.metrics?.[key]) this.ids.set(key, data.metrics[key]);
+      insertPoint(this._seriesOf(key), data.step, value);
       const last = this.latest.get(key);
       if (!last || last.step <= data.step) this.latest.set(key, { value, step: data.step });
     }

@@ -18,8 +18,8 @@ const CHART_ORDER = (a, b) => {
 /** ``{chartId: {title, defs: [{key, label, axis, points}]}}`` for every charted series. */
 export function chartPlan(model) {
   const plan = {};
-  for (const [key, s] of model.series) {
-    const where = place(s.id, model.tasks);
+  for (const key of model.series.keys()) {
+    const where = place(model.identity(key), model.tasks);
     if (!where) continue;
     const chart = (plan[where.chart] ??= { title: where.title, defs: [] });
     chart.defs.push({ key, label: where.label, axis: where.axis, points: where.points });
@@ -37,8 +37,8 @@ function coreCards(model) {
   });
   const best = Object.entries(model.summary).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) =>
     el("div.card.best", { dataset: { key: k, value: v } }, el("div.k", {}, k), el("div.v", {}, fmt(v))));
-  return [el("div.cards#core", { id: "core" }, cards.length ? cards : el("span.muted", {}, "no core values yet")),
-    best.length ? el("h2", {}, "Best / final") : null, best.length ? el("div.cards", { id: "best" }, best) : null];
+  return [el("div#core.cards", {}, cards.length ? cards : el("span.muted", {}, "no core values yet")),
+    best.length ? el("details#best", {}, el("summary", {}, `best / final values (${best.length})`), el("div.cards", {}, best)) : null];
 }
 
 function alertList(alerts) {
@@ -91,8 +91,8 @@ export class RunPage {
     const sections = SECTIONS.map(([id, title]) => el(`section.sec-${id}`, { hidden: true },
       el("h2", {}, title), el("div.grid", { id: `charts-${id}` })));
     this.main.replaceChildren(
-      el("h1", {}, this.runId, " ", el("span#run-status", { id: "run-status" })),
-      el("div#header", { id: "header" }),
+      el("h1", {}, this.runId, " ", el("span#run-status")),
+      el("div#header"),
       el("h2", {}, "Alerts"), el("div", { id: "alerts-box" }),
       el("h2", {}, "Ranks"), el("div", { id: "ranks-box" }),
       sections[0], el("section", {}, el("h2", {}, "Subsets"), el("div.panel", { id: "subsets" })), ...sections.slice(1));

@@ -33,7 +33,7 @@ export async function renderRuns(main) {
   const compare = el("button", { onclick: () => {
     if (picked.size >= 2) location.hash = `#/compare?runs=${[...picked].map(encodeURIComponent).join(",")}`;
   } }, "Compare selected");
-  const table = el("table#runs", { id: "runs" },
+  const table = el("table#runs", {},
     el("thead", {}, el("tr", {}, ["", "run", "status", "step", "ranks", "sinks", "updated", "alerts"].map((h) => el("th", {}, h)))),
     el("tbody", {}, runs.map((r, i) => row(r, infos[i], picked))));
   main.replaceChildren(

@@ -8,8 +8,8 @@ import { el, fmt } from "./util.js";
 /** ``{family: {view: {label: {metric: key}}}}`` where a view is a phase and window. */
 export function subsetIndex(model) {
   const index = {};
-  for (const [key, s] of model.series) {
-    const where = subsetOf(s.id, model.tasks);
+  for (const key of model.keys()) {
+    const where = subsetOf(model.identity(key), model.tasks);
     if (!where) continue;
     const view = where.phase === "train" && where.window === "epoch" ? "train epoch" : where.phase;
     const labels = ((index[where.family] ??= {})[view] ??= {});
@@ -35,6 +35,7 @@ export class SubsetPanel {
     const views = Object.keys(index[this.family]).sort();
     if (this.view === null || !views.includes(this.view)) this.view = views.includes("train") ? "train" : views[0];
     const labels = index[this.family][this.view];
+    this._ensureLoaded(labels);
     this.root.replaceChildren(
       el("div.tabs.families", {}, families.map((f) => this._tab(f, f === "null" ? "null vs non-null" : f, this.family,
         () => { this.family = f; this.label = null; }))),
@@ -69,15 +70,17 @@ export class SubsetPanel {
         el("td", {}, sparkline(this.model.series.get(r.keys[spark])?.values || []))))));
   }
 
+  _ensureLoaded(labels) {
+    const missing = Object.values(labels).flatMap((m) => Object.values(m)).filter((k) => !this.model.fetched.has(k));
+    if (missing.length) this.model.loadKeys(missing).then(() => this.render());
+  }
+
   _sortBy(column) {
     this.sort = { column, desc: this.sort.column === column ? !this.sort.desc : column !== "label" };
     this.render();
   }
 
-  _latest(key) {
-    const s = key && this.model.series.get(key);
-    return s && s.values.length ? s.values[s.values.length - 1] : null;
-  }
+  _latest(key) { return (key && this.model.latest.get(key)?.value) ?? null; }
 
   _drawChart(labels) {
     this.chart?.destroy();

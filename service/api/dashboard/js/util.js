@@ -2,7 +2,9 @@
 
 /** ``el("td#id.num", {title}, child...)``: an element with classes, attributes and children. */
 export function el(tag, attrs = {}, ...children) {
-  const [, name, id, dotted] = tag.match(/^([a-z0-9]+)(?:#([\w-]+))?((?:\.[\w-]+)*)$/i);
+  const parts = tag.match(/^([a-z0-9]+)(?:#([\w-]+))?((?:\.[\w-]+)*)$/i);
+  if (!parts) throw new Error(`el: bad tag ${JSON.stringify(tag)} (expected name#id.class)`);
+  const [, name, id, dotted] = parts;
   const classes = dotted.split(".").filter(Boolean);
   const node = document.createElement(name);
   if (id) node.id = id;
@@ -46,7 +48,7 @@ export function ago(when) {
   return `${(s / 86400).toFixed(1)} d ago`;
 }
 
-export function badge(text, cls = text) { return el(`span.badge.${cls}`, {}, text); }
+export function badge(text, cls = text) { return el(`span.badge.${String(cls).replace(/[^\w-]/g, "_")}`, {}, text); }
 
 const LEVELS = { INFO: 0, WARN: 1, ERROR: 2 };
 export function worstLevel(alerts) {
