@@ -2,8 +2,8 @@
 
 Used only while the real stream route is missing from ``create_app`` (its branch is merged
 separately); it speaks the same contract: ``id``/``event``/``data`` messages, replay after
-``Last-Event-ID``, ``: heartbeat`` comments. Emissions carry no "metrics" identity here.
-Delete this module once the real route is on main.
+``Last-Event-ID``, ``: heartbeat`` comments; emissions with their metric identities, notices
+as ``status`` messages. Delete this module once the real route is on main.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Header
 from fastapi.responses import StreamingResponse
 
-from service.core.emission import Emission
+from service.core.emission import Emission, Notice
 
 
 class FakeStream:
@@ -34,14 +34,22 @@ class FakeStream:
         """Nothing to prepare."""
 
     def emit(self, emissions: Sequence[Emission]) -> None:
+        for e in emissions:
+            self._publish(e.run_id, "emission", {"run_id": e.run_id, "step": e.step, "group": e.group,
+                                                 "values": dict(e.values),
+                                                 "metrics": {k: m.to_dict() for k, m in e.metrics.items()}})
+
+    def notice(self, notice: Notice) -> None:
+        self._publish(notice.run_id, "status", {"run_id": notice.run_id, "kind": notice.kind, "step": notice.step,
+                                                "detail": dict(notice.detail)})
+
+    def _publish(self, run_id: str, event: str, payload: dict[str, Any]) -> None:
         with self._lock:
-            for e in emissions:
-                log = self.messages.setdefault(e.run_id, [])
-                data = json.dumps({"run_id": e.run_id, "step": e.step, "group": e.group, "values": dict(e.values)})
-                log.append(f"id: {len(log) + 1}\nevent: emission\ndata: {data}\n\n".encode())
+            log = self.messages.setdefault(run_id, [])
+            log.append(f"id: {len(log) + 1}\nevent: {event}\ndata: {json.dumps(payload)}\n\n".encode())
             waiters = list(self._waiters)
-        for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
+        for loop, event_ in waiters:
+            loop.call_soon_threadsafe(event_.set)
 
     def finish_run(self, run_id: str, summary: Mapping[str, float], timeout_s: float) -> str:
         return "finished"

@@ -1,6 +1,7 @@
 // What a metric is. Live emissions carry their identity ("metrics" in each stream message)
 // and the page uses it as given. Values loaded over REST (/history, /metrics) come as bare
-// keys, so for those alone the page derives the same identity from the key (DESIGN §5).
+// keys, so for those alone the page derives the identity the service would have sent
+// (service/core/naming.py; a browser test holds the two to each other).
 
 const SCALARS = [["train/lr/", "lr"], ["pipeline/", "pipeline"], ["gradnorm/", "gradnorm"], ["custom/", "custom"]];
 
@@ -11,7 +12,8 @@ export function parseKey(key, tasks) {
   if (key.startsWith("final_")) return { ...id, kind: "final", statistic: key.slice(6) };
   if (key.startsWith("core/")) {
     const [, statistic, task] = key.split("/");
-    return { ...id, kind: "core", statistic, task: task ?? null };
+    const phase = /^(train|val)_/.test(statistic) ? statistic.split("_")[0] : null;
+    return { ...id, kind: "core", statistic, phase, task: task ?? null };
   }
   for (const [prefix, kind] of SCALARS) {
     if (key.startsWith(prefix)) return { ...id, kind, statistic: key.slice(prefix.length) };
@@ -28,7 +30,9 @@ export function parseKey(key, tasks) {
   else if (id.phase === "train" && name.startsWith("epoch_") && name !== "epoch_duration_sec") {
     [id.window, name] = ["epoch", name.slice(6)];
   } else if (name === "epoch_duration_sec") id.window = "epoch";
-  return { ...id, ...splitTask(name, tasks) };
+  const split = splitTask(name, tasks);
+  const kind = RATES.has(split.statistic) ? "rate" : "window";
+  return { ...id, ...split, kind, direction: DIRECTIONS[split.statistic] ?? null };
 }
 
 /** ``acc1_<task>`` → statistic ``acc1`` and the task (identities that already split it pass through). */
@@ -46,7 +50,8 @@ function normal(id, tasks) {
 }
 
 const TOPK = { acc1: "top-1", acc3: "top-3" };
-const TIMING = new Set(["samples_per_sec", "eta_sec", "epoch_duration_sec", "avg_samples_per_sec"]);
+const RATES = new Set(["samples_per_sec", "eta_sec", "epoch_duration_sec", "avg_samples_per_sec"]);
+const DIRECTIONS = { loss: "min", acc1: "max", acc3: "max", chain_accuracy: "max", partial_chain_accuracy: "max" };
 const firstPart = (name) => name.split("/")[0];
 
 /**
@@ -60,7 +65,7 @@ export function place(rawId, tasks) {
     const group = id.kind === "custom" ? id.statistic : firstPart(id.statistic);
     return { chart: `${id.kind}/${group}`, title: `${id.kind}: ${group}`, label: id.statistic };
   }
-  if (id.kind !== "window" || id.family || id.window === "step_avg") return null;
+  if (!["window", "rate"].includes(id.kind) || id.family || id.window === "step_avg") return null;
   const points = id.window === "epoch";
   const when = `${id.phase}${points && id.phase === "train" ? " epoch" : ""}`;
   if (TOPK[id.statistic] && id.task) {
@@ -74,7 +79,7 @@ export function place(rawId, tasks) {
     const what = id.statistic === "chain_accuracy" ? "chain" : "partial chain";
     return { chart: "chain", title: "chain and partial chain accuracy (%)", label: `${when} ${what}`, points };
   }
-  if (TIMING.has(id.statistic)) return { chart: `timing/${id.statistic}`, title: id.statistic, label: when, points };
+  if (id.kind === "rate") return { chart: `timing/${id.statistic}`, title: id.statistic, label: when, points };
   return { chart: `other/${id.statistic}`, title: id.statistic, label: when, points };
 }
 
