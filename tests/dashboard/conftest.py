@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,11 +90,11 @@ def artifacts() -> Path:
 
 
 def readme_screenshot(page: Any) -> None:
-    """The README's picture of the run page, made by this suite."""
-    target = ROOT / "docs" / "dashboard.png"
-    target.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(target), full_page=False)
+    """The run page as the README shows it: an artifact always, ``docs/dashboard.png`` on request.
 
-
-def copy_artifact(src: Path, name: str) -> None:
-    shutil.copy(src, ARTIFACTS / name)
+    Set ``LINNAEUS_METRICS_UPDATE_SCREENSHOT=1`` to refresh the committed picture (left alone
+    otherwise, so a test run does not leave the work tree modified).
+    """
+    page.screenshot(path=str(ARTIFACTS / "readme.png"))
+    if os.environ.get("LINNAEUS_METRICS_UPDATE_SCREENSHOT") == "1":
+        page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))

@@ -119,7 +119,9 @@ def test_runs_run_page_live_subsets_ranks_compare(browser: Any, tmp_path: Path, 
         latencies = [live_latency_ms(page, feed, 21 + 2 * i, 22 + 2 * i) for i in range(3)]
         check_core_value(page, svc, "exp-a")
         page.wait_for_function("window.__lm.view().model.info.watermark >= 26", timeout=WAIT_MS)
+        page.set_viewport_size({"width": 1400, "height": 1150})
         readme_screenshot(page)
+        page.set_viewport_size({"width": 1400, "height": 900})
         page.screenshot(path=str(artifacts / "run.png"), full_page=True)
 
         check_subsets(page, svc, "exp-a")

@@ -5,6 +5,7 @@
 
 const PALETTE = ["#2f6fde", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0c8599", "#e67700", "#5c940d",
                  "#a61e4d", "#364fc7"];
+const HEIGHT = 220;
 const MARKER_COLORS = { checkpoint: "#2b8a3e", restore: "#c62828" };
 export const charts = new Map(); // chart id -> LineChart (read by the browser tests)
 
@@ -48,6 +49,11 @@ export class LineChart {
     this.getMarkers = getMarkers; this.onDraw = onDraw;
     this._build();
     charts.set(id, this);
+    // follow the panel's width (window resizes, the grid reflowing); the height stays
+    this.resizer = new ResizeObserver(() => {
+      if (Math.abs(this._width() - this.plot.width) > 2) this.plot.setSize({ width: this._width(), height: HEIGHT });
+    });
+    this.resizer.observe(this.el);
   }
 
   _build() {
@@ -60,7 +66,7 @@ export class LineChart {
     const axes = [{ label: "step" }, { scale: "y", values: (u, vs) => vs.map(fmtTick), size: 56 }];
     if (hasLr) axes.push({ scale: "lr", side: 1, grid: { show: false }, values: (u, vs) => vs.map(fmtTick), size: 60 });
     const opts = {
-      title: this.title, width: this._width(), height: 220, series, axes,
+      title: this.title, width: this._width(), height: HEIGHT, series, axes,
       scales: { x: { time: false }, lr: { distr: 1 } },
       legend: { live: true }, cursor: { drag: { x: true, y: false } },
       plugins: [markerPlugin(this.getMarkers)],
@@ -69,7 +75,7 @@ export class LineChart {
     this.plot = new uPlot(opts, this._data(), this.el);
   }
 
-  _width() { return Math.max(300, this.el.clientWidth || 460); }
+  _width() { return Math.max(300, (this.el.clientWidth || 472) - 12); } // less the panel's padding
 
   _data() { return align(this.defs.map((d) => this.source(d.key) || { steps: [], values: [] })); }
 
@@ -89,7 +95,7 @@ export class LineChart {
 
   lastStep() { const xs = this.plot.data[0]; return xs.length ? xs[xs.length - 1] : null; }
 
-  destroy() { this.plot.destroy(); charts.delete(this.id); }
+  destroy() { this.resizer.disconnect(); this.plot.destroy(); charts.delete(this.id); }
 }
 
 /** A tiny line on a canvas (subset table rows): cheap, no chart object. */
