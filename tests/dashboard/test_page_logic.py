@@ -64,7 +64,8 @@ def test_sse_reader_handles_split_chunks_crlf_comments_and_multiline_data(page: 
             "id: 6\nevent: alert\ndata:{\"name\":\"x\"}\n\n"
             "event: resync\ndata: {\"reason\": \"gap\"}\n\n"
             "id: 7\nevent: status\ndata: not json\n\n")
-    cuts = [0, 3, 17, 30, 31, 60, 61, 62, 90, len(wire)]
+    inside_crlf = wire.index("3,\r\n") + 3  # a chunk ends between the \r and \n of a line end
+    cuts = [0, 3, 17, inside_crlf, 60, 61, 62, 90, len(wire)]
     chunks = [wire[a:b] for a, b in itertools.pairwise(cuts)]
     got = browser_page.evaluate(READ, chunks)
     assert got == [["emission", {"step": 3, "v": 1}, "5"], ["alert", {"name": "x"}, "6"],

@@ -41,6 +41,7 @@ export class RunModel {
   async start() {
     this.stream = new Stream(api.streamPath(this.runId), (t, d, id) => this._message(t, d, id),
                              (s) => this.onChange("stream", s)).start();
+    await this.stream.ready; // subscribed first, so nothing falls between the load and the stream
     await this.load();
     return this;
   }

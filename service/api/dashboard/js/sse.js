@@ -15,9 +15,13 @@ export class Stream {
     this.onMessage = onMessage;
     this.onState = onState;
     this.lastId = null;
-    this.retryMs = 1000;
+    this.retryMs = 1000; // the service may set it with a `retry:` field
+    this.delayMs = this.retryMs; // backs off while connections keep failing
     this.abort = new AbortController();
     this.closed = false;
+    // settles once the service has subscribed us (its first bytes arrived) or the first try failed:
+    // a REST load started after this misses nothing that the stream will not bring
+    this.ready = new Promise((resolve) => { this._ready = resolve; });
   }
 
   start() { this._connect(); return this; }
@@ -29,37 +33,44 @@ export class Stream {
     if (this.lastId !== null) headers["Last-Event-ID"] = this.lastId;
     try {
       const reply = await authFetch(this.path, { headers, signal: this.abort.signal, cache: "no-store" });
-      if (reply.status === 404) { this.onState("unavailable"); return; }
+      if (reply.status === 404) { this.onState("unavailable"); this._ready(); return; }
       if (!reply.ok || !reply.body) throw new Error(`stream: HTTP ${reply.status}`);
-      this.onState("open");
-      this.retryMs = 1000;
       await this._read(reply.body);
     } catch (err) {
       if (this.closed) return;
     }
+    this._ready();
     if (this.closed) return;
     this.onState("retry");
     // one timer per lost connection (backing off), not a polling loop
-    setTimeout(() => this._connect(), this.retryMs);
-    this.retryMs = Math.min(this.retryMs * 2, 15000);
+    setTimeout(() => this._connect(), this.delayMs);
+    this.delayMs = Math.min(this.delayMs * 2, 15000);
   }
 
   async _read(body) {
     const reader = body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     let message = { id: null, event: "message", data: [] };
-    for (;;) {
+    for (let first = true; ; first = false) {
       const { value, done } = await reader.read();
       if (done) return;
+      if (first) this._opened();
       buffer += value;
       let cut;
       while ((cut = buffer.search(/\r\n|\r|\n/)) >= 0) {
+        if (cut === buffer.length - 1 && buffer[cut] === "\r") break; // maybe half of a CRLF
         const line = buffer.slice(0, cut);
         buffer = buffer.slice(cut + (buffer.startsWith("\r\n", cut) ? 2 : 1));
         if (line === "") { this._dispatch(message); message = { id: null, event: "message", data: [] }; }
         else this._field(line, message);
       }
     }
+  }
+
+  _opened() {
+    this.delayMs = this.retryMs;
+    this.onState("open");
+    this._ready();
   }
 
   _field(line, message) {
@@ -71,7 +82,7 @@ export class Stream {
     if (name === "id") message.id = value;
     else if (name === "event") message.event = value;
     else if (name === "data") message.data.push(value);
-    else if (name === "retry" && /^\d+$/.test(value)) this.retryMs = Number(value);
+    else if (name === "retry" && /^\d+$/.test(value)) this.retryMs = this.delayMs = Number(value);
   }
 
   _dispatch(message) {
