@@ -136,7 +136,10 @@ def test_runs_run_page_live_subsets_ranks_compare(browser: Any, tmp_path: Path, 
         assert int(straggler.locator("td.lag").inner_text()) == max(completed) - completed[1] > 0
         page.locator("#ranks").screenshot(path=str(artifacts / "ranks.png"))
 
-        page.goto(f"{svc.url}/#/compare?runs=exp-a,exp-b")
+        page.goto(f"{svc.url}/#/")
+        for run_id in ("exp-a", "exp-b"):
+            page.check(f'#runs tr[data-run="{run_id}"] input[type=checkbox]')
+        page.click("#compare")
         page.wait_for_function("window.__lm.charts.get('compare/train/loss')?.pointCount() > 0", timeout=WAIT_MS)
         per_run = page.evaluate("window.__lm.charts.get('compare/train/loss').plot.data.slice(1)"
                                 ".map(col => col.filter(v => v != null).length)")

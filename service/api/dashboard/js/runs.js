@@ -10,13 +10,13 @@ function sinkCell(sinks) {
   });
 }
 
-function row(run, info, picked) {
+function row(run, info, toggle) {
   const alerts = info?.alerts || [];
   const live = info ? info.ranks.filter((r) => r.session).length : null;
   const level = worstLevel(alerts);
   return el("tr", { dataset: { run: run.run_id } },
     el("td", {}, el("input", { type: "checkbox", "aria-label": `compare ${run.run_id}`,
-      onchange: (e) => (e.target.checked ? picked.add(run.run_id) : picked.delete(run.run_id)) })),
+      onchange: (e) => toggle(run.run_id, e.target.checked) })),
     el("td", {}, el("a", { href: `#/run/${encodeURIComponent(run.run_id)}` }, run.run_id)),
     el("td", {}, badge(run.status || "?")),
     el("td.num.step", {}, run.watermark ?? "–"),
@@ -30,12 +30,16 @@ export async function renderRuns(main) {
   const { runs } = await api.runs();
   const infos = await Promise.all(runs.map((r) => api.run(r.run_id).catch(() => null)));
   const picked = new Set();
-  const compare = el("button", { onclick: () => {
-    if (picked.size >= 2) location.hash = `#/compare?runs=${[...picked].map(encodeURIComponent).join(",")}`;
+  const compare = el("button#compare", { disabled: true, title: "tick two or more runs", onclick: () => {
+    location.hash = `#/compare?runs=${[...picked].map(encodeURIComponent).join(",")}`;
   } }, "Compare selected");
+  const toggle = (runId, on) => {
+    if (on) picked.add(runId); else picked.delete(runId);
+    compare.disabled = picked.size < 2;
+  };
   const table = el("table#runs", {},
     el("thead", {}, el("tr", {}, ["", "run", "status", "step", "ranks", "sinks", "updated", "alerts"].map((h) => el("th", {}, h)))),
-    el("tbody", {}, runs.map((r, i) => row(r, infos[i], picked))));
+    el("tbody", {}, runs.map((r, i) => row(r, infos[i], toggle))));
   main.replaceChildren(
     el("h1", {}, "Runs"),
     el("div.toolbar", {}, compare, el("button", { onclick: () => renderRuns(main) }, "Refresh"),
