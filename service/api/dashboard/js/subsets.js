@@ -18,6 +18,7 @@ export function subsetIndex(model) {
   return index;
 }
 
+const MAX_ROWS = 200; // a family may have thousands of labels: the table shows the top of the sort
 const METRIC_ORDER = (a, b) => (a.startsWith("chain") ? -1 : b.startsWith("chain") ? 1 : a.localeCompare(b));
 
 export class SubsetPanel {
@@ -35,7 +36,6 @@ export class SubsetPanel {
     const views = Object.keys(index[this.family]).sort();
     if (this.view === null || !views.includes(this.view)) this.view = views.includes("train") ? "train" : views[0];
     const labels = index[this.family][this.view];
-    this._ensureLoaded(labels);
     this.root.replaceChildren(
       el("div.tabs.families", {}, families.map((f) => this._tab(f, f === "null" ? "null vs non-null" : f, this.family,
         () => { this.family = f; this.label = null; }))),
@@ -62,16 +62,20 @@ export class SubsetPanel {
     const head = ["label", ...metrics].map((m) => el(`th.sortable${m === column ? (desc ? ".sorted-desc" : ".sorted-asc") : ""}`,
       { dataset: { column: m }, onclick: () => this._sortBy(m) }, m));
     const spark = metrics[0];
+    const shown = rows.slice(0, MAX_ROWS);
+    this._ensureLoaded(shown.map((r) => r.keys[spark]));
     return el("table.subsets", { id: "subset-table" },
+      el("caption", {}, rows.length > MAX_ROWS ? `first ${MAX_ROWS} of ${rows.length} labels (sort to see others)` : ""),
       el("thead", {}, el("tr", {}, head, el("th", {}, `${spark ?? ""} trend`))),
-      el("tbody", {}, rows.map((r) => el(`tr.clickable${r.label === this.label ? ".selected" : ""}`,
+      el("tbody", {}, shown.map((r) => el(`tr.clickable${r.label === this.label ? ".selected" : ""}`,
         { dataset: { label: r.label }, onclick: () => { this.label = r.label; this.render(); } },
         el("td", {}, r.label), metrics.map((m) => el("td.num", { dataset: { value: r.values[m] ?? "" } }, fmt(r.values[m]))),
         el("td", {}, sparkline(this.model.series.get(r.keys[spark])?.values || []))))));
   }
 
-  _ensureLoaded(labels) {
-    const missing = Object.values(labels).flatMap((m) => Object.values(m)).filter((k) => !this.model.fetched.has(k));
+  /** Fetch the history of the keys on screen (values come from the latest ones; curves need history). */
+  _ensureLoaded(keys) {
+    const missing = keys.filter((k) => k && !this.model.fetched.has(k));
     if (missing.length) this.model.loadKeys(missing).then(() => this.render());
   }
 
@@ -87,6 +91,7 @@ export class SubsetPanel {
     this.chart = null;
     const keys = this.label && labels[this.label];
     if (!keys) return;
+    this._ensureLoaded(Object.values(keys));
     const points = this.view !== "train";
     const defs = Object.entries(keys).sort(([a], [b]) => METRIC_ORDER(a, b)).map(([metric, key]) => ({ key, label: metric, points }));
     this.chart = new LineChart(this.root.querySelector(".subset-chart"), "subset", `${this.family} = ${this.label} (${this.view})`,
