@@ -37,10 +37,10 @@ def serve(tmp_path: Path, tokens: list[str] | None = None) -> Iterator[Service]:
     """The real app on a free loopback port (with a stand-in stream until the real one is merged)."""
     settings = Settings(data_dir=tmp_path / "data", wandb_enabled=False, console_enabled=False,
                         auth_tokens=tokens or [])
-    fake = FakeStream()
-    app = create_app(settings, sinks=[fake])
-    real = has_stream_route(app)
-    if not real:
+    real = has_stream_route()
+    fake = None if real else FakeStream()
+    app = create_app(settings, sinks=[fake] if fake else [])
+    if fake:
         fake.install(app)
     server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on",
                                         timeout_graceful_shutdown=5))  # open streams end at shutdown

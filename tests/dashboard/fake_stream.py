@@ -17,7 +17,9 @@ from typing import Any
 from fastapi import FastAPI, Header
 from fastapi.responses import StreamingResponse
 
+from service.api import create_app
 from service.core.emission import Emission, Notice
+from service.settings import Settings
 
 
 class FakeStream:
@@ -95,6 +97,7 @@ class FakeStream:
         app.add_api_route("/v1/runs/{run_id}/stream", stream, methods=["GET"])
 
 
-def has_stream_route(app: FastAPI) -> bool:
+def has_stream_route() -> bool:
     """Whether the service already serves the real stream."""
+    app = create_app(Settings(durable=False, wandb_enabled=False, console_enabled=False), sinks=[])
     return any(getattr(r, "path", "") == "/v1/runs/{run_id}/stream" for r in app.routes)
