@@ -159,17 +159,19 @@ def test_alert_appears_live(browser: Any, tmp_path: Path, artifacts: Path) -> No
     with serve(tmp_path) as svc:
         if not svc.real_stream:
             pytest.skip("alerts need the service's stream route and METRICS.ALERTS (not in this build)")
-        feed = Feed(svc.url, "exp-alert", alerts=[ALERT_RULE])
+        feed = Feed(svc.url, "exp-alert", alerts=[ALERT_RULE])  # the run exists once this returns
         page, console = browser.new_page(viewport={"width": 1400, "height": 900}), Console()
         console.attach(page)
-        feed.train(1, 2)
+        page.goto(f"{svc.url}/#/run/exp-alert")
+        page.wait_for_selector("#live.on")  # subscribed: what fires from now on comes over the stream
+        page.wait_for_selector("#run-alerts")
+        feed.train(1, 2)  # the rule fires once, when train/loss first goes above 0
         feed.flush()
-        open_run(page, svc, "exp-alert")
-        feed.train(3, 4)
-        feed.flush()
-        page.wait_for_selector('#run-alerts tr[data-name="loss-positive"]', timeout=WAIT_MS)
         page.wait_for_selector(".alerts .alert", timeout=WAIT_MS)  # the toast of a live alert
-        assert any(a["name"] == "loss-positive" for a in get(svc, "/v1/runs/exp-alert")["alerts"])
+        page.wait_for_selector('#run-alerts tr[data-name="loss-positive"]', timeout=WAIT_MS)
+        fired = [a for a in get(svc, "/v1/runs/exp-alert")["alerts"] if a["name"] == "loss-positive"]
+        row = page.locator('#run-alerts tr[data-name="loss-positive"]')
+        assert len(fired) == 1 and int(row.locator("td.num").inner_text()) == fired[0]["step"]
         page.screenshot(path=str(artifacts / "alert.png"))
         page.close()
         feed.close()

@@ -3,18 +3,10 @@
 
 import { ago, el } from "./util.js";
 
-function fencedText(fenced) {
-  if (fenced == null) return "–";
-  if (Array.isArray(fenced)) return fenced.length ? `${fenced.length}` : "0";
-  if (typeof fenced === "boolean") return fenced ? "yes" : "no";
-  return String(fenced);
-}
-
-/** Lag of each rank behind the fastest one, and the stragglers (largest lag, when > 0). */
+/** Lag of each rank behind the fastest one (the service's when it says), and the stragglers (largest lag > 0). */
 export function lags(ranks) {
-  const done = ranks.map((r) => r.completed ?? -1);
-  const fastest = Math.max(...done);
-  const lag = done.map((c) => fastest - c);
+  const fastest = Math.max(...ranks.map((r) => r.completed ?? -1));
+  const lag = ranks.map((r) => r.lag ?? fastest - (r.completed ?? -1));
   const worst = Math.max(...lag);
   return { lag, stragglers: new Set(worst > 0 ? ranks.filter((_, i) => lag[i] === worst).map((r) => r.rank) : []) };
 }
@@ -26,7 +18,7 @@ export function ranksTable(info) {
   const total = info.total_steps || 1;
   const rows = ranks.map((r, i) => {
     const pct = Math.max(0, Math.min(100, ((r.completed + 1) / total) * 100));
-    const cls = [stragglers.has(r.rank) ? "straggler" : "", r.session ? "" : "fenced"].filter(Boolean).join(".");
+    const cls = [stragglers.has(r.rank) ? "straggler" : "", r.session ? "" : "no-session"].filter(Boolean).join(".");
     return el(`tr${cls ? `.${cls}` : ""}`, { dataset: { rank: r.rank, lag: lag[i] } },
       el("td", {}, `rank ${r.rank}`),
       el("td.num.completed", {}, r.completed),
@@ -35,7 +27,7 @@ export function ranksTable(info) {
       el("td.num", {}, r.last_step),
       el("td", { dataset: { since: r.last_seen ?? "" } }, ago(r.last_seen)),
       el("td", { title: r.session || "" }, r.session ? r.session.slice(0, 8) : "none"),
-      el("td.num", { title: Array.isArray(r.fenced) ? r.fenced.join(", ") : "" }, fencedText(r.fenced)));
+      el("td.num.fenced", { title: "sessions of this rank fenced by a newer one" }, r.fenced_sessions ?? "–"));
   });
   return el("table.ranks", { id: "ranks" },
     el("thead", {}, el("tr", {}, ["rank", "completed", "progress", "lag", "last step", "last seen", "session", "fenced"]

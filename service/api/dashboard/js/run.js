@@ -37,8 +37,9 @@ function coreCards(model) {
   });
   const best = Object.entries(model.summary).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) =>
     el("div.card.best", { dataset: { key: k, value: v } }, el("div.k", {}, k), el("div.v", {}, fmt(v))));
-  return [el("div#core.cards", {}, cards.length ? cards : el("span.muted", {}, "no core values yet")),
-    best.length ? el("details#best", {}, el("summary", {}, `best / final values (${best.length})`), el("div.cards", {}, best)) : null];
+  const core = el("div#core.cards", {}, cards.length ? cards : el("span.muted", {}, "no core values yet"));
+  if (!best.length) return [core];
+  return [core, el("details#best", {}, el("summary", {}, `best / final values (${best.length})`), el("div.cards", {}, best))];
 }
 
 function alertList(alerts) {
@@ -124,7 +125,7 @@ export class RunPage {
   _header() {
     const info = this.model.info;
     this.main.querySelector("#run-status").replaceChildren(badge(info.status || "?"));
-    const step = this.model.latest.get("core/global_step")?.value ?? info.watermark;
+    const step = this.model.latest.get("core/global_step")?.value ?? (info.watermark >= 0 ? info.watermark : null);
     this.main.querySelector("#header").replaceChildren(
       el("p.muted", {}, `step ${step ?? "–"} of ${info.total_steps} · ${info.world_size} rank(s) · tasks ${this.model.tasks.join(", ")}`),
       ...coreCards(this.model));
