@@ -34,23 +34,19 @@ function streamState(state) {
   live.textContent = state === "open" ? "live" : state === "unavailable" ? "no stream" : "reconnecting";
 }
 
+let generation = 0; // bumped on each navigation: a slow view must not draw over the next one
+
 async function route() {
   view?.close();
   view = null;
-  const hash = decodeURI(location.hash || "#/");
+  const mine = ++generation;
   try {
+    const hash = decodeURI(location.hash || "#/");
     if (hash.startsWith("#/run/")) {
       const runId = decodeURIComponent(location.hash.slice(6));
       crumbs([[runId, location.hash]]);
-      const page = new RunPage(main, runId, marks);
-      const inner = page.model.onChange;
-      page.model.onChange = (what, detail) => {
-        if (what === "stream") streamState(detail);
-        if (what === "alert") toast(detail);
-        inner(what, detail);
-      };
-      view = page;
-      await page.open();
+      view = new RunPage(main, runId, marks, { stream: streamState, alert: toast });
+      await view.open();
     } else if (hash.startsWith("#/compare")) {
       const runs = (new URLSearchParams(hash.split("?")[1] || "").get("runs") || "").split(",").filter(Boolean);
       crumbs([["compare", location.hash]]);
@@ -58,10 +54,11 @@ async function route() {
       await view.open();
     } else {
       crumbs([]);
-      view = await renderRuns(main);
+      const runs = await renderRuns(main, () => mine === generation);
+      if (mine === generation) view = runs;
     }
   } catch (err) {
-    main.replaceChildren(el("p.error", {}, `could not load: ${err.message}`));
+    if (mine === generation) main.replaceChildren(el("p.error", {}, `could not load: ${err.message}`));
   }
 }
 

@@ -21,12 +21,13 @@ export class ComparePage {
   async open() {
     this.main.replaceChildren(el("h1", {}, "Compare"), el("p.muted", {}, "loading…"));
     await Promise.all(this.models.map((m) => m.start()));
+    if (this.closed) return this;
     this._layout();
     this._schedule();
     return this;
   }
 
-  close() { for (const m of this.models) m.close(); cancelAnimationFrame(this.frame); this._destroy(); }
+  close() { this.closed = true; for (const m of this.models) m.close(); cancelAnimationFrame(this.frame); this._destroy(); }
 
   _schedule() { if (this.frame == null) this.frame = requestAnimationFrame(() => this._render()); }
 

@@ -24,8 +24,8 @@ export class RunModel {
     this.info = null;
     this.summary = {};
     this.loaded = false;
+    this.closed = false;
     this.held = [];
-    this.lastEmissionAt = new Map(); // step -> Date.now() when it reached the page (latency)
   }
 
   get tasks() { return this.info ? this.info.tasks.map((t) => t.name) : []; }
@@ -39,14 +39,17 @@ export class RunModel {
   }
 
   async start() {
-    this.stream = new Stream(api.streamPath(this.runId), (t, d, id) => this._message(t, d, id),
-                             (s) => this.onChange("stream", s)).start();
+    this.stream = new Stream(api.streamPath(this.runId), (t, d) => this._message(t, d),
+                             (s) => this._notify("stream", s)).start();
     await this.stream.ready; // subscribed first, so nothing falls between the load and the stream
     await this.load();
     return this;
   }
 
-  close() { this.stream?.close(); clearTimeout(this.infoTimer); }
+  close() { this.closed = true; this.stream?.close(); clearTimeout(this.infoTimer); }
+
+  /** Tell the view, unless it was closed meanwhile (a late reply must not draw over the next view). */
+  _notify(what, detail) { if (!this.closed) this.onChange(what, detail); }
 
   async load() {
     this.loaded = false;
@@ -64,7 +67,7 @@ export class RunModel {
     const held = this.held;
     this.held = [];
     for (const [type, data] of held) this._apply(type, data);
-    this.onChange("reset");
+    this._notify("reset");
   }
 
   /** Every key the run has a value for. */
@@ -115,7 +118,7 @@ export class RunModel {
 
   _apply(type, data) {
     if (type === "emission") this._emission(data);
-    else if (type === "alert") { this.alerts.push(data); this.onChange("alert", data); this._refreshInfo(); }
+    else if (type === "alert") this._alert(data);
     else if (type === "resync") this.load();
     else if (type === "status") this._status(data);
   }
@@ -128,8 +131,15 @@ export class RunModel {
       if (!last || last.step <= data.step) this.latest.set(key, { value, step: data.step });
     }
     if (data.group === "final") this.summary = { ...this.summary, ...data.values };
-    if (!this.lastEmissionAt.has(data.step)) this.lastEmissionAt.set(data.step, Date.now());
-    this.onChange("data", data);
+    this._notify("data", data);
+    this._refreshInfo();
+  }
+
+  _alert(data) {
+    const same = (a) => a.name === data.name && a.step === data.step && a.key === data.key && a.rank === data.rank;
+    if (this.alerts.some(same)) return; // the REST load already had it
+    this.alerts.push(data);
+    this._notify("alert", data);
     this._refreshInfo();
   }
 
@@ -147,7 +157,7 @@ export class RunModel {
     this.infoTimer = setTimeout(async () => {
       try {
         this._setInfo(await api.run(this.runId));
-        this.onChange("info", this.info);
+        this._notify("info", this.info);
       } finally { this.infoTimer = null; }
     }, INFO_REFRESH_MS);
   }

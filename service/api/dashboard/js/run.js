@@ -50,24 +50,26 @@ function alertList(alerts) {
 }
 
 export class RunPage {
-  constructor(main, runId, marks) {
-    this.main = main; this.runId = runId; this.marks = marks;
+  /** ``hooks``: ``stream(state)`` and ``alert(alert)`` for the page's frame (live badge, toasts). */
+  constructor(main, runId, marks, hooks = {}) {
+    this.main = main; this.runId = runId; this.marks = marks; this.hooks = hooks;
     this.frame = null; this.dirty = new Set();
-    this.model = new RunModel(runId, (what) => this._changed(what));
+    this.model = new RunModel(runId, (what, detail) => this._changed(what, detail));
     this.subsets = null;
   }
 
   async open() {
     this.main.replaceChildren(el("h1", {}, this.runId), el("p.muted", {}, "loading…"));
     await this.model.start();
-    this.clock = setInterval(() => tickAges(this.main), 1000);
+    if (!this.model.closed) this.clock = setInterval(() => tickAges(this.main), 1000);
     return this;
   }
 
   close() { this.model.close(); clearInterval(this.clock); cancelAnimationFrame(this.frame); this._destroyCharts(); }
 
-  _changed(what) {
-    if (what === "stream") return;
+  _changed(what, detail) {
+    if (what === "stream") { this.hooks.stream?.(detail); return; }
+    if (what === "alert") this.hooks.alert?.(detail);
     this.dirty.add(what === "reset" ? "all" : what);
     // many messages in one frame cost one redraw
     if (this.frame == null) this.frame = requestAnimationFrame(() => this._render());

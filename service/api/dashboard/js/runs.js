@@ -26,9 +26,11 @@ function row(run, info, toggle) {
     el("td.alerts-count", {}, alerts.length ? badge(`${alerts.length}`, level || "WARN") : "0"));
 }
 
-export async function renderRuns(main) {
+/** The runs list; ``current()`` says whether the user is still on it when the replies are in. */
+export async function renderRuns(main, current = () => true) {
   const { runs } = await api.runs();
   const infos = await Promise.all(runs.map((r) => api.run(r.run_id).catch(() => null)));
+  if (!current()) return { close() {} };
   const picked = new Set();
   const compare = el("button#compare", { disabled: true, title: "tick two or more runs", onclick: () => {
     location.hash = `#/compare?runs=${[...picked].map(encodeURIComponent).join(",")}`;
@@ -42,7 +44,7 @@ export async function renderRuns(main) {
     el("tbody", {}, runs.map((r, i) => row(r, infos[i], toggle))));
   main.replaceChildren(
     el("h1", {}, "Runs"),
-    el("div.toolbar", {}, compare, el("button", { onclick: () => renderRuns(main) }, "Refresh"),
+    el("div.toolbar", {}, compare, el("button", { onclick: () => renderRuns(main, current) }, "Refresh"),
       el("span.muted", {}, `${runs.length} run(s)`)),
     runs.length ? table : el("p.muted", {}, "No runs yet."));
   return { close() {} };
