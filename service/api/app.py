@@ -15,7 +15,7 @@ from service.api.auth import BearerAuth
 from service.api.body_limit import BodyLimit
 from service.api.errors import install_error_handlers
 from service.api.readiness import Readiness, WriteGate
-from service.api.routes import health, ingest, metrics, runs, snapshots
+from service.api.routes import dashboard, health, ingest, metrics, runs, snapshots
 from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
 from service.core.errors import StoreUnavailable
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     install_error_handlers(app)
     for module in (health, runs, ingest, metrics, snapshots):
         app.include_router(module.router)
+    dashboard.install(app)
     # outermost last: metrics see every reply; auth before anything reads a body
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, decoded_limit=settings.max_decoded_bytes)
     app.add_middleware(WriteGate, readiness=app.state.readiness)
