@@ -12,7 +12,8 @@ from fastapi import FastAPI
 
 from service.api.auth import BearerAuth
 from service.api.errors import install_error_handlers
-from service.api.routes import health, ingest, metrics, runs, snapshots
+from service.api.routes import health, ingest, metrics, runs, snapshots, stream
+from service.api.stream_hub import StreamHub
 from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
 from service.core.errors import StoreUnavailable
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
             yield
         finally:
             app.state.ready = False
+            app.state.stream.close()
             # uvicorn stopped accepting and drained requests; sinks finish within the deadline,
             # then the final images make the next start quick
             for sink in chosen:
@@ -110,8 +112,9 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     app.state.store_failed = False
     app.state.store = None
     app.state.telemetry = Telemetry()
+    app.state.stream = StreamHub(settings.stream_buffer_events, settings.stream_reader_queue_events)
     install_error_handlers(app)
-    for module in (health, runs, ingest, metrics, snapshots):
+    for module in (health, runs, ingest, metrics, snapshots, stream):
         app.include_router(module.router)
     app.add_middleware(RequestMetrics, telemetry=app.state.telemetry)
     if settings.auth_tokens:

@@ -1,0 +1,88 @@
+"""GET /v1/runs/{run}/stream over a real uvicorn on 127.0.0.1 (httpx streaming)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.settings import Settings
+from tests.e2e.conftest import live_service
+from tests.e2e.sse import SseReader
+
+TOKEN = "stream-token-1"
+SPEC = {"run_id": "s1", "world_size": 1, "total_steps": 1000, "tasks": [{"name": "genus", "num_classes": 5}]}
+
+
+def _settings(tmp_path: Path, **over: Any) -> Settings:
+    return Settings(data_dir=tmp_path / "data", durable=False, wandb_enabled=False, console_enabled=False,
+                    **{"stream_buffer_events": 16, **over})
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    with live_service(_settings(tmp_path)) as (url, app):
+        assert httpx.post(f"{url}/v1/runs", json=SPEC, timeout=10).status_code == 201
+        yield url, app
+
+
+def _publish(app: Any, count: int, start: int = 0) -> list[int]:
+    return [app.state.stream.publish("s1", "status", {"run_id": "s1", "kind": "session", "step": n, "detail": {}})
+            for n in range(start, start + count)]
+
+
+def test_ids_replay_after_last_event_id_and_resync(service: tuple[str, Any]) -> None:
+    url, app = service
+    with httpx.Client(base_url=url, timeout=10) as http:
+        with http.stream("GET", "/v1/runs/s1/stream") as response:
+            reader = SseReader(response)
+            assert reader.comment() == "connected"
+            ids = _publish(app, 5)
+            got = reader.take(5)
+        assert [m.id for m in got] == ids == list(range(ids[0], ids[0] + 5))
+        assert [m.data["step"] for m in got] == [0, 1, 2, 3, 4]
+        more = _publish(app, 7, start=5)  # while nobody reads
+        with http.stream("GET", "/v1/runs/s1/stream", headers={"last-event-id": str(got[-1].id)}) as response:
+            replayed = SseReader(response).take(7)
+        assert [m.id for m in replayed] == more and [m.data["step"] for m in replayed] == list(range(5, 12))
+        _publish(app, 30, start=12)  # the buffer keeps 16: id ``more[-1]`` is gone
+        with http.stream("GET", "/v1/runs/s1/stream", params={"last_event_id": more[-1]}) as response:
+            reader = SseReader(response)
+            resync, *buffered = reader.take(17)
+    assert (resync.event, resync.data) == ("resync", {"run_id": "s1", "reason": "buffer_exceeded"})
+    assert [m.data["step"] for m in buffered] == list(range(26, 42))
+    assert [m.id for m in buffered] == list(range(resync.id + 1, resync.id + 17))
+
+
+def test_heartbeats_arrive_as_comments(tmp_path: Path) -> None:
+    with live_service(_settings(tmp_path, stream_heartbeat_s=0.05)) as (url, _):
+        httpx.post(f"{url}/v1/runs", json=SPEC, timeout=10)
+        with httpx.stream("GET", f"{url}/v1/runs/s1/stream", timeout=10) as response:
+            reader = SseReader(response)
+            assert [reader.comment() for _ in range(4)] == ["connected", "heartbeat", "heartbeat", "heartbeat"]
+
+
+def test_unknown_run_and_bad_last_event_id_are_refused(service: tuple[str, Any]) -> None:
+    url, _ = service
+    ghost = httpx.get(f"{url}/v1/runs/ghost/stream", timeout=10)
+    assert (ghost.status_code, ghost.json()["type"]) == (404, "unknown_run")
+    for bad in ("-1", "abc", "1e5", "9" * 30):
+        reply = httpx.get(f"{url}/v1/runs/s1/stream", headers={"last-event-id": bad}, timeout=10)
+        assert reply.status_code == 422 and "Last-Event-ID" in reply.json()["detail"], bad
+
+
+def test_the_stream_needs_the_token(tmp_path: Path) -> None:
+    with live_service(_settings(tmp_path, auth_tokens=[TOKEN])) as (url, app):
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        assert httpx.post(f"{url}/v1/runs", json=SPEC, headers=auth, timeout=10).status_code == 201
+        none = httpx.get(f"{url}/v1/runs/s1/stream", timeout=10)
+        wrong = httpx.get(f"{url}/v1/runs/s1/stream", headers={"authorization": "Bearer wrong-token-x"}, timeout=10)
+        assert (none.status_code, wrong.status_code) == (401, 403)
+        with httpx.stream("GET", f"{url}/v1/runs/s1/stream", headers=auth, timeout=10) as response:
+            reader = SseReader(response)
+            assert reader.comment() == "connected"
+            _publish(app, 1)
+            assert reader.next().event == "status"
