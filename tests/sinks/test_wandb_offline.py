@@ -177,3 +177,21 @@ def test_failing_init_and_log_are_retried_until_every_row_is_written(
     messages = [r.getMessage() for r in caplog.records if r.name == "service.sinks.wandb"]
     assert sum("ConnectionError" in m for m in messages) == 1  # two failures, one line
     assert sum("RuntimeError" in m for m in messages) == 1
+
+
+def test_alerts_reach_the_run_file_in_order_with_their_levels(wandb_env: Path, tmp_path: Path,
+                                                             closing: list[Any]) -> None:
+    sink = WandbSink(tmp_path / "data", mode="offline")
+    closing.append(sink)
+    sink.open_run(RUN, spec(RUN))
+    sink.emit([em(RUN, 10, "custom", {"custom/x": 2.5})])
+    sink.alert(RUN, "train/loss above 2.0", "train/loss above 2.0: 2.5 at step 10", "WARN")
+    sink.alert(RUN, "nonfinite " + "x" * 80, "rank 1 reported 1 non-finite loss at step 12", "ERROR")
+    sink.alert("ghost", "never", "a run the sink does not know", "INFO")
+    assert sink.finish_run(RUN, {}, timeout_s=30) == "finished"
+    assert (sink.status(RUN)["alerts_sent"], sink.status(RUN)["failures"]) == (2, 0)
+    wait_for_run_files()
+    content = read_run(find_run_file(wandb_env, RUN))
+    assert content.alerts == [("train/loss above 2.0", "train/loss above 2.0: 2.5 at step 10", "WARN"),
+                              (("nonfinite " + "x" * 80)[:63], "rank 1 reported 1 non-finite loss at step 12", "ERROR")]
+    assert content.user_rows() == {10: {"custom/x": 2.5}}
