@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.e2e.conftest import live_service
+from tests.e2e.conftest import ServiceProcess, free_port, live_service
 from tests.e2e.sse import SseReader
 
 TOKEN = "stream-token-1"
@@ -86,3 +88,19 @@ def test_the_stream_needs_the_token(tmp_path: Path) -> None:
             assert reader.comment() == "connected"
             _publish(app, 1)
             assert reader.next().event == "status"
+
+
+def test_sigterm_ends_open_streams_cleanly_and_the_service_exits(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path / "data", free_port(), env={"LINNAEUS_METRICS_SHUTDOWN_TIMEOUT_S": "30"}).start()
+    assert httpx.post(f"{service.url}/v1/runs", json=SPEC, timeout=10).status_code == 201
+    with httpx.stream("GET", f"{service.url}/v1/runs/s1/stream", timeout=20) as response:
+        reader = SseReader(response)
+        assert reader.comment() == "connected"
+        started = time.monotonic()
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGTERM)
+        # a clean end of the response (not a connection cut at the graceful timeout)
+        with pytest.raises(EOFError):
+            reader.next()
+    assert service.terminate() in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+    assert time.monotonic() - started < 15, "the open stream held the shutdown"
