@@ -11,9 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+from client._wire import MSGPACK_TYPE, encode_event, pack_body
 from service.settings import Settings
+from tests.conftest import make_run, stream_events
 from tests.e2e.conftest import ServiceProcess, free_port, live_service
-from tests.e2e.sse import SseReader
+from tests.e2e.sse import Sse, SseReader
+from tests.reference import expected_history
 
 TOKEN = "stream-token-1"
 SPEC = {"run_id": "s1", "world_size": 1, "total_steps": 1000, "tasks": [{"name": "genus", "num_classes": 5}]}
@@ -104,3 +107,68 @@ def test_sigterm_ends_open_streams_cleanly_and_the_service_exits(tmp_path: Path)
             reader.next()
     assert service.terminate() in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
     assert time.monotonic() - started < 15, "the open stream held the shutdown"
+
+
+def _post(http: httpx.Client, run: str, session: str, seq: int, events: list[Any]) -> None:
+    body = {"session": session, "seq": seq, "events": [encode_event(e, True) for e in events]}
+    reply = http.post(f"/v1/runs/{run}/events", content=pack_body(body, True), headers={"content-type": MSGPACK_TYPE})
+    assert reply.status_code == 200, reply.text
+
+
+def _series(messages: list[Sse]) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for m in messages:
+        if m.event == "emission" and m.data["group"] not in ("console", "final"):
+            for key, value in m.data["values"].items():
+                out.setdefault(key, []).append((m.data["step"], value))
+    return out
+
+
+def test_a_two_rank_run_streams_every_value_of_the_reference_across_a_reconnect(tmp_path: Path) -> None:
+    data = make_run(3, world_size=2, steps_per_epoch=6, epochs=2)
+    metrics = {"STEP_INTERVAL": 2, "WANDB_INTERVAL": 4, "LR_INTERVAL": 3}
+    with live_service(_settings(tmp_path, stream_buffer_events=10_000)) as (url, _), \
+            httpx.Client(base_url=url, timeout=20) as http:
+        assert http.post("/v1/runs", json=data.spec("r2", metrics)).status_code == 201
+        events = {rank: stream_events(data, rank) for rank in range(2)}
+        half = {rank: len(e) // 2 for rank, e in events.items()}
+        with http.stream("GET", "/v1/runs/r2/stream") as response:
+            reader = SseReader(response)
+            assert reader.comment() == "connected"
+            sessions = {r: http.post("/v1/runs/r2/sessions", json={"rank": r}).json()["session"] for r in range(2)}
+            for rank in range(2):
+                _post(http, "r2", sessions[rank], 0, events[rank][:half[rank]])
+            first = _read_until_caught_up(reader, http, "r2")
+        for rank in range(2):  # nobody listens now
+            _post(http, "r2", sessions[rank], half[rank], events[rank][half[rank]:])
+        http.post("/v1/runs/r2/finish")
+        with http.stream("GET", "/v1/runs/r2/stream", headers={"last-event-id": str(first[-1].id)}) as response:
+            rest = _read_through_finish(SseReader(response))
+    messages = first + rest
+    assert [m.id for m in messages] == list(range(messages[0].id, messages[0].id + len(messages)))
+    statuses = [(m.data["kind"], m.data["detail"].get("rank")) for m in messages if m.event == "status"]
+    assert statuses[:2] == [("session", 0), ("session", 1)] and statuses[-1] == ("finished", None)
+    want = expected_history(data.recs, data.tasks, {"step": 2, "wandb": 4, "lr": 3, "pipeline": 0},
+                            data.scalars, data.last_step)
+    got = _series(messages)
+    assert {k: got.get(k) for k in want} == want
+    emission = next(m for m in messages if m.event == "emission" and "train/acc1_genus" in m.data["values"])
+    assert emission.data["metrics"]["train/acc1_genus"] == {
+        "kind": "window", "statistic": "acc1", "phase": "train", "window": "step", "task": "genus",
+        "family": None, "label": None, "direction": "max"}
+
+
+def _read_until_caught_up(reader: SseReader, http: httpx.Client, run: str) -> list[Sse]:
+    """Messages until one carries the newest step of the run's history (a reconnect replays the rest)."""
+    out: list[Sse] = []
+    newest = max(s["steps"][-1] for s in http.get(f"/v1/runs/{run}/history").json()["series"].values())
+    while not any(m.event == "emission" and m.data["step"] == newest for m in out[-50:]):
+        out.append(reader.next())
+    return out
+
+
+def _read_through_finish(reader: SseReader) -> list[Sse]:
+    out = [reader.next()]
+    while not (out[-1].event == "status" and out[-1].data["kind"] == "finished"):
+        out.append(reader.next())
+    return out
