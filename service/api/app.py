@@ -7,16 +7,19 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import anyio
 from anyio import to_thread
 from fastapi import FastAPI
 
 from service.api.auth import BearerAuth
 from service.api.errors import install_error_handlers
 from service.api.routes import health, ingest, metrics, runs, snapshots, stream
+from service.api.run_export import RunExport
 from service.api.stream_hub import StreamHub
 from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
 from service.core.errors import StoreUnavailable
+from service.runtime.alert_log import AlertLog
 from service.runtime.host import RunHost
 from service.settings import Settings
 from service.storage.sqlite import SqliteStore
@@ -64,6 +67,16 @@ def _recover(host: RunHost, store: SqliteStore, app: FastAPI) -> None:
     app.state.ready = True
 
 
+async def _watch_stalls(host: RunHost, threshold_s: float) -> None:
+    """Ask the runtime for stalled ranks a few times per threshold, off the event loop."""
+    while True:
+        await anyio.sleep(min(30.0, threshold_s / 4))
+        try:
+            await to_thread.run_sync(host.check_stalls, threshold_s)
+        except Exception:  # the store may be unavailable: the next round tries again
+            log.exception("stall check failed")
+
+
 def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = None) -> FastAPI:
     """Build the service app.
 
@@ -79,13 +92,18 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
         store = app.state.store = _open_store(settings, app)
         host = app.state.host = RunHost(
             chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
-            image_every_events=settings.snapshot_every_events)
+            image_every_events=settings.snapshot_every_events, listeners=[app.state.stream, AlertLog()])
         app.state.telemetry.watch(host)
+        if settings.export_run_metrics:
+            app.state.telemetry.registry.register(RunExport(host, settings.export_max_runs))
         if store is not None:
             await to_thread.run_sync(_recover, host, store, app)
             app.state.telemetry.recovery.set(getattr(app.state, "recovery_s", 0.0))
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_watch_stalls, host, settings.stall_alert_s)
+                yield
+                tasks.cancel_scope.cancel()
         finally:
             app.state.ready = False
             app.state.stream.close()
@@ -106,6 +124,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     app.state.store = None
     app.state.telemetry = Telemetry()
     app.state.stream = StreamHub(settings.stream_buffer_events, settings.stream_reader_queue_events)
+    app.state.telemetry.watch_stream(app.state.stream)
     install_error_handlers(app)
     for module in (health, runs, ingest, metrics, snapshots, stream):
         app.include_router(module.router)

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from service.core.emission import Emission
+from service.core.emission import Emission, Notice
 
 MESSAGE_TYPES = ("emission", "status", "alert", "resync")
 
@@ -87,6 +87,7 @@ class Reader:
         self._loop = loop
         self._wake = asyncio.Event()
         self._awake = False
+        self.gone = asyncio.Event()  # set on the loop once the reader is dropped
 
     def offer(self, message: Message) -> None:
         """Queue ``message`` (caller holds the channel lock); drop the reader when full."""
@@ -94,20 +95,22 @@ class Reader:
             return
         if len(self._queue) >= self.max_queued:
             self.dropped = True
+            self._signal(self.gone.set)
         else:
             self._queue.append(message)
         if not self._awake:
             self._awake = True
-            self._signal()
+            self._signal(self._wake.set)
 
     def drop(self) -> None:
         """Close this reader from any thread (its run was deleted, the service stops)."""
         self.dropped = True
-        self._signal()
+        self._signal(self._wake.set)
+        self._signal(self.gone.set)
 
-    def _signal(self) -> None:
+    def _signal(self, callback: Callable[[], None]) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(callback)
         except RuntimeError:  # the reader's loop is closed (service stopping): it reads no more
             self.dropped = True
 
@@ -152,6 +155,10 @@ class _Channel:
 class StreamHub:
     """Per-run streams with bounded replay and bounded readers.
 
+    The runtime hands it every emission and notice like a sink (``emit``, ``notice``,
+    ``open_run``, ``delete_run``), but it is not one of the run's sinks: it has nothing to
+    finish and no per-run status.
+
     Args:
         max_buffered: messages kept per run for ``Last-Event-ID`` replay.
         max_queued: messages a reader may have waiting before it is dropped.
@@ -189,10 +196,25 @@ class StreamHub:
             self._count_drops(channel)
         return message.id
 
-    def publish_emissions(self, emissions: Sequence[Emission]) -> None:
-        """One ``emission`` message per emission, in order."""
+    def emit(self, emissions: Sequence[Emission]) -> None:
+        """One ``emission`` message per emission, in order (the runtime's dispatch calls this)."""
         for emission in emissions:
             self.publish(emission.run_id, "emission", emission)
+
+    def notice(self, notice: Notice) -> None:
+        """An ``alert`` message for an alert notice, else a ``status`` message."""
+        if notice.kind == "alert":
+            self.publish(notice.run_id, "alert", {"run_id": notice.run_id, **notice.detail})
+        else:
+            self.publish(notice.run_id, "status", {"run_id": notice.run_id, "kind": notice.kind,
+                                                   "step": notice.step, "detail": dict(notice.detail)})
+
+    def open_run(self, run_id: str, spec: Mapping[str, Any]) -> None:
+        """Nothing to prepare: a run's stream starts with its first message or reader."""
+
+    def delete_run(self, run_id: str) -> None:
+        """The run was deleted: close its readers and free its buffer."""
+        self.close_run(run_id)
 
     def _count_drops(self, channel: _Channel) -> None:
         dropped = [r for r in channel.readers if r.dropped]

@@ -38,8 +38,8 @@ def add_commands(commands: Any) -> None:
 def load_settings(args: argparse.Namespace) -> Settings:
     """Flags over environment over the settings file over defaults."""
     values = {k: v for k, v in _file_values(args.config).items() if f"{ENV_PREFIX}{k.upper()}" not in os.environ}
-    flags = {k: getattr(args, k) for k in ("host", "port", "data_dir", "auth_tokens", "log_level",
-                                           "export_run_metrics")}
+    flags = {k: getattr(args, k, None) for k in ("host", "port", "data_dir", "auth_tokens", "log_level",
+                                                 "export_run_metrics")}
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
         return Settings(**values)

@@ -14,7 +14,8 @@ Built-in rules:
   ``mc.log_custom(step, {"nonfinite/loss": 1})`` when the loss was NaN) fires an ERROR alert
   naming the rank whenever its value is above 0.
 - ``stall``: a rank delivered nothing for longer than the service's ``stall_alert_s`` (the
-  runtime asks :meth:`AlertBook.check_stalls` with its clock); re-armed by its next delivery.
+  runtime asks :meth:`AlertBook.stalls` with its clock, journals what it gets and
+  :meth:`AlertBook.record`s it, so stalls survive restarts); re-armed by its next delivery.
 - ``restore``: the run was rolled back to a snapshot.
 
 Restores keep the alerts fired so far (they are history) and restart the rules' tracking.
@@ -195,16 +196,22 @@ class AlertBook:
                for name, value in values.items() if name.startswith(NONFINITE_PREFIX) and value > 0]
         return self._keep(new)
 
-    def check_stalls(self, now: float, last_seen: Mapping[int, float], step: int, threshold_s: float) -> list[Alert]:
-        """Built-in ``stall``: ranks silent for longer than ``threshold_s`` at time ``now``."""
+    def stalls(self, now: float, last_seen: Mapping[int, float], step: int, threshold_s: float) -> list[Alert]:
+        """Built-in ``stall``: ranks silent for longer than ``threshold_s`` at ``now`` and not yet
+        reported; changes nothing (the caller makes them durable, then ``record``s them)."""
         new = []
         for rank, seen in sorted(last_seen.items()):
             silent = now - seen
             if silent > threshold_s and rank not in self.stalled:
-                self.stalled.add(rank)
                 new.append(Alert("stall", "WARN", None, step, round(silent, 3), f"stall > {threshold_s:g} s",
                                  f"rank {rank} has delivered nothing for {silent:.0f} s", rank))
-        return self._keep(new)
+        return new
+
+    def record(self, alert: Alert) -> None:
+        """Keep an alert decided outside the rules above (a stall, journaled by the runtime)."""
+        if alert.name == "stall" and alert.rank is not None:
+            self.stalled.add(alert.rank)
+        self.fired.append(alert)
 
     def seen(self, rank: int) -> None:
         """A delivery from ``rank``: its stall alert re-arms."""

@@ -261,7 +261,10 @@ class WandbSink:
             return f"failed: {run.last_error}" if run.last_error else "timeout"
 
     def notice(self, notice: Notice) -> None:
-        """Status changes do not reach wandb (its rows and summary carry the values)."""
+        """Alerts become ``run.alert``; other status changes do not reach wandb."""
+        if notice.kind == "alert":
+            detail = notice.detail
+            self.alert(notice.run_id, str(detail.get("name")), str(detail.get("message")), str(detail.get("level")))
 
     def delete_run(self, run_id: str) -> None:
         """Forget the run; its wandb run is finished in the background, files are kept."""

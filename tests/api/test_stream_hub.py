@@ -38,7 +38,7 @@ def _parse(message: Message) -> tuple[int, str, dict]:
 async def test_ids_increase_by_one_per_message_of_any_type() -> None:
     hub = _hub()
     reader = hub.subscribe("r", None)
-    hub.publish_emissions([Emission("r", 10, "step", {"train/loss": 1.5})])
+    hub.emit([Emission("r", 10, "step", {"train/loss": 1.5})])
     hub.publish("r", "status", {"run_id": "r", "kind": "session", "step": 0, "detail": {}})
     hub.publish("r", "alert", {"run_id": "r", "name": "x"})
     got = [_parse(m) for m in await _take_all(reader, 3)]

@@ -111,16 +111,25 @@ def test_nonfinite_counts_from_pipeline_and_custom_name_the_rank() -> None:
         "rule": "nonfinite", "message": "rank 2 reported 2 non-finite loss at step 7", "rank": 2}]
 
 
+def _check_stalls(book: AlertBook, now: float, seen: dict[int, float], step: int) -> list[Alert]:
+    found = book.stalls(now, seen, step, threshold_s=60)
+    assert book.stalls(now, seen, step, threshold_s=60) == found  # asking changes nothing
+    for alert in found:
+        book.record(alert)
+    return found
+
+
 def test_stall_fires_once_per_silence_with_an_injected_clock() -> None:
     book = AlertBook()
     seen = {0: 100.0, 1: 100.0}
-    assert book.check_stalls(150.0, seen, 9, threshold_s=60) == []
+    assert _check_stalls(book, 150.0, seen, 9) == []
     seen[0] = 155.0
-    fired = book.check_stalls(170.0, seen, 9, threshold_s=60)
+    fired = _check_stalls(book, 170.0, seen, 9)
     assert [(a.name, a.rank, a.value) for a in fired] == [("stall", 1, 70.0)]
-    assert book.check_stalls(500.0, {1: 100.0}, 9, threshold_s=60) == []  # still the same silence
+    assert _check_stalls(book, 500.0, {1: 100.0}, 9) == []  # still the same silence
     book.seen(1)
-    assert [a.rank for a in book.check_stalls(700.0, {1: 600.0}, 12, threshold_s=60)] == [1]
+    assert [a.rank for a in _check_stalls(book, 700.0, {1: 600.0}, 12)] == [1]
+    assert [a.name for a in book.fired] == ["stall", "stall"]
 
 
 def test_restore_alert_restarts_tracking_and_keeps_history() -> None:
@@ -140,13 +149,14 @@ def test_a_book_restored_from_its_dict_continues_like_the_original() -> None:
         whole.observe(i, {"k": v}, {"k": "max"})
     for i, v in enumerate(values[:90]):
         first.observe(i, {"k": v}, {"k": "max"})
-    first.check_stalls(1e9, {3: 0.0}, 89, 1.0)
-    whole.check_stalls(1e9, {3: 0.0}, 89, 1.0)
+    for book in (first, whole):
+        for alert in book.stalls(1e9, {3: 0.0}, 89, 1.0):
+            book.record(alert)
     second = AlertBook.from_dict(rules, first.to_dict())
     for i, v in enumerate(values[90:], start=90):
         second.observe(i, {"k": v}, {"k": "max"})
     assert sorted(second.fired, key=_order) == sorted(whole.fired, key=_order)
-    assert second.check_stalls(2e9, {3: 0.0}, 300, 1.0) == []  # the stall stays known
+    assert second.stalls(2e9, {3: 0.0}, 300, 1.0) == []  # the stall stays known
 
 
 def _order(alert: Alert) -> tuple[int, str]:

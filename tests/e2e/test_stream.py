@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import signal
+import socket
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
-from client._wire import MSGPACK_TYPE, encode_event, pack_body
+from client._wire import MSGPACK_TYPE, BatchEvent, ScalarEvent, encode_event, pack_body
 from service.settings import Settings
 from tests.conftest import make_run, stream_events
 from tests.e2e.conftest import ServiceProcess, free_port, live_service
@@ -172,3 +175,56 @@ def _read_through_finish(reader: SseReader) -> list[Sse]:
     while not (out[-1].event == "status" and out[-1].data["kind"] == "finished"):
         out.append(reader.next())
     return out
+
+
+def _busy_deliveries(count: int, steps: int, start: int = 1) -> list[list[Any]]:
+    """Deliveries of ``steps`` train steps each, every step emitting several messages."""
+    rng = np.random.default_rng(5)
+    out = []
+    for d in range(count):
+        events: list[Any] = []
+        for s in range(start + d * steps, start + (d + 1) * steps):
+            targets = {"genus": rng.integers(0, 5, 32)}
+            topk = {"genus": np.stack([rng.permutation(5)[:3] for _ in range(32)])}
+            events += [BatchEvent(step=s, epoch=0, phase="train", time=float(s), targets=targets, topk=topk,
+                                  sizes=[32], losses=[1.0]),
+                       ScalarEvent("lr", s, float(s), {f"group{g}": 1e-3 * g for g in range(40)})]
+        out.append(events)
+    return out
+
+
+def _timed_posts(http: httpx.Client, session: str, deliveries: list[list[Any]], seq: int) -> tuple[list[float], int]:
+    times = []
+    for events in deliveries:
+        started = time.perf_counter()
+        _post(http, "busy", session, seq, events)
+        times.append(time.perf_counter() - started)
+        seq += len(events)
+    return times, seq
+
+
+def test_a_stalled_reader_is_dropped_its_connection_closed_and_ingest_not_slowed(tmp_path: Path) -> None:
+    busy = {**SPEC, "run_id": "busy", "total_steps": 10**6,
+            "config": {"METRICS": {"STEP_INTERVAL": 1, "WANDB_INTERVAL": 1, "LR_INTERVAL": 1}}}
+    warm, alone, stalled = _busy_deliveries(20, 4), _busy_deliveries(150, 4, 81), _busy_deliveries(150, 4, 681)
+    with live_service(_settings(tmp_path, stream_reader_queue_events=16)) as (url, app), \
+            httpx.Client(base_url=url, timeout=20) as http:
+        assert http.post("/v1/runs", json=busy).status_code == 201
+        session = http.post("/v1/runs/busy/sessions", json={"rank": 0}).json()["session"]
+        _, seq = _timed_posts(http, session, warm, 0)
+        without, seq = _timed_posts(http, session, alone, seq)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        sock.sendall(b"GET /v1/runs/busy/stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert sock.recv(1, socket.MSG_PEEK), "the stream did not start"
+        with_stalled, _ = _timed_posts(http, session, stalled, seq)
+        assert app.state.stream.figures()["dropped_readers"] == 1
+        sock.settimeout(20)
+        while sock.recv(65536):  # the service closed the connection: EOF after the buffered bytes
+            pass
+        sock.close()
+    ratio = statistics.median(with_stalled) / statistics.median(without)
+    print(f"median POST {statistics.median(without) * 1e3:.2f} ms alone, "
+          f"{statistics.median(with_stalled) * 1e3:.2f} ms with a stalled reader ({ratio:.2f}x)")
+    assert ratio < 2.5, f"a stalled reader slowed ingest {ratio:.2f}x"

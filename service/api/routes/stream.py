@@ -13,16 +13,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from service.api.deps import RegistryDep, SettingsDep
+from service.api.deps import HostDep, SettingsDep
 from service.api.schemas import ERRORS
-from service.api.stream_hub import StreamHub, stream_lines
+from service.api.stream_hub import Reader, StreamHub, stream_lines
 from service.core.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/runs", tags=["stream"], responses=ERRORS)
 MAX_ID = 2**63 - 1
+#: How long a dropped reader's response may take to end by itself before its connection is cut.
+DROP_GRACE_S = 1.0
 
 
 def get_hub(request: Request) -> StreamHub:
@@ -46,32 +50,54 @@ def parse_last_id(header: str | None, query: str | None) -> int | None:
 
 @router.get("/{run_id}/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
-async def stream_run(run_id: str, registry: RegistryDep, hub: HubDep, settings: SettingsDep,
+async def stream_run(run_id: str, host: HostDep, hub: HubDep, settings: SettingsDep,
                      last_event_id: Annotated[str | None, Header()] = None,
                      last_event_id_query: Annotated[str | None, Query(alias="last_event_id", max_length=40)] = None,
                      ) -> StreamingResponse:
     """Live messages of the run (emissions, status changes, alerts), with replay on reconnect."""
-    registry.get(run_id)  # a dict lookup, no lock: 404 for an unknown run, 422 for a malformed id
+    host.get(run_id)  # a dict lookup, no lock: 404 for an unknown run, 422 for a malformed id
     last_id = parse_last_id(last_event_id, last_event_id_query)
-    return StreamingResponse(_events(hub, run_id, last_id, settings.stream_heartbeat_s),
-                             media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    return EventStreamResponse(hub, hub.subscribe(run_id, last_id), settings.stream_heartbeat_s)
 
 
-async def _events(hub: StreamHub, run_id: str, last_id: int | None, heartbeat_s: float) -> AsyncIterator[bytes]:
-    # subscribing here, not in the route, ties the reader's life to the generator's: the stream
-    # ends when the reader is dropped (queue overflow, run deleted) or the client goes away
-    # (the response cancels this generator), and either way the hub forgets the reader
-    reader = hub.subscribe(run_id, last_id)
-    try:
-        yield b": connected\n\n"
-        while True:
-            batch = await reader.take(heartbeat_s)
-            if batch is None:
-                yield b": heartbeat\n\n"
-            elif not batch:
-                return
-            else:
-                yield stream_lines(batch)
-    finally:
-        hub.unsubscribe(reader)
+class EventStreamResponse(StreamingResponse):
+    """An SSE response that ends the connection as soon as its reader is dropped.
+
+    A reader that stopped reading leaves the response stuck in ``send`` (the transport is
+    paused); waiting for ``reader.gone`` beside it and cancelling closes that connection
+    instead of keeping it for as long as the client keeps its socket open. Whatever ends
+    the response, the hub forgets the reader.
+    """
+
+    def __init__(self, hub: StreamHub, reader: Reader, heartbeat_s: float) -> None:
+        super().__init__(_events(reader, heartbeat_s), media_type="text/event-stream",
+                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        self.hub, self.reader = hub, reader
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._end_when_dropped, tasks.cancel_scope)
+                await super().__call__(scope, receive, send)
+                tasks.cancel_scope.cancel()
+        finally:
+            self.hub.unsubscribe(self.reader)
+
+    async def _end_when_dropped(self, scope: anyio.CancelScope) -> None:
+        await self.reader.gone.wait()
+        await anyio.sleep(DROP_GRACE_S)  # a reader still reading ends cleanly within this
+        scope.cancel()
+
+
+async def _events(reader: Reader, heartbeat_s: float) -> AsyncIterator[bytes]:
+    # ends when the reader is dropped (queue overflow, run deleted, service stopping); a
+    # client going away cancels the response instead
+    yield b": connected\n\n"
+    while True:
+        batch = await reader.take(heartbeat_s)
+        if batch is None:
+            yield b": heartbeat\n\n"
+        elif not batch:
+            return
+        else:
+            yield stream_lines(batch)
