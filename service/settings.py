@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     stream_buffer_events: int = Field(10_000, ge=16)
     stream_reader_queue_events: int = Field(1_000, ge=16)
     stream_heartbeat_s: float = Field(15.0, gt=0)
+    stream_drop_grace_s: float = Field(1.0, ge=0)
     stall_alert_s: float = Field(600.0, gt=0)
     export_run_metrics: bool = False
     export_max_runs: int = Field(50, ge=1)

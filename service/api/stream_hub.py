@@ -82,6 +82,7 @@ class Reader:
         self.run_id = run_id
         self.max_queued = max_queued
         self.dropped = False
+        self.behind = False  # dropped for falling behind (not closed by the service)
         self.backlog: list[Message] = []  # replay and resync, sent before anything queued
         self._queue: deque[Message] = deque()
         self._loop = loop
@@ -94,7 +95,7 @@ class Reader:
         if self.dropped:
             return
         if len(self._queue) >= self.max_queued:
-            self.dropped = True
+            self.dropped = self.behind = True
             self._signal(self.gone.set)
         else:
             self._queue.append(message)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import wandb
 
+from service.core.emission import Notice
 from service.sinks.wandb import WandbSink
 from tests.sinks.sink_fakes import em, spec
 from tests.sinks.wandb_reader import find_run_file, read_run
@@ -186,7 +187,10 @@ def test_alerts_reach_the_run_file_in_order_with_their_levels(wandb_env: Path, t
     sink.open_run(RUN, spec(RUN))
     sink.emit([em(RUN, 10, "custom", {"custom/x": 2.5})])
     sink.alert(RUN, "train/loss above 2.0", "train/loss above 2.0: 2.5 at step 10", "WARN")
-    sink.alert(RUN, "nonfinite " + "x" * 80, "rank 1 reported 1 non-finite loss at step 12", "ERROR")
+    # the runtime's way in: an alert notice (its detail is the alert as GET /v1/runs/{run} shows it)
+    sink.notice(Notice(RUN, "alert", 12, {"name": "nonfinite " + "x" * 80, "level": "ERROR", "step": 12,
+                                          "message": "rank 1 reported 1 non-finite loss at step 12"}))
+    sink.notice(Notice(RUN, "restore", 12, {"snapshot_id": "abc"}))  # other notices do not reach wandb
     sink.alert("ghost", "never", "a run the sink does not know", "INFO")
     assert sink.finish_run(RUN, {}, timeout_s=30) == "finished"
     assert (sink.status(RUN)["alerts_sent"], sink.status(RUN)["failures"]) == (2, 0)

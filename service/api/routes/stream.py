@@ -10,6 +10,7 @@ never takes a run lock: it only looks the run up and reads its reader's queue.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -23,10 +24,9 @@ from service.api.schemas import ERRORS
 from service.api.stream_hub import Reader, StreamHub, stream_lines
 from service.core.errors import InvalidInput
 
+log = logging.getLogger("linnaeus_metrics.stream")
 router = APIRouter(prefix="/v1/runs", tags=["stream"], responses=ERRORS)
 MAX_ID = 2**63 - 1
-#: How long a dropped reader's response may take to end by itself before its connection is cut.
-DROP_GRACE_S = 1.0
 
 
 def get_hub(request: Request) -> StreamHub:
@@ -57,22 +57,24 @@ async def stream_run(run_id: str, host: HostDep, hub: HubDep, settings: Settings
     """Live messages of the run (emissions, status changes, alerts), with replay on reconnect."""
     host.get(run_id)  # a dict lookup, no lock: 404 for an unknown run, 422 for a malformed id
     last_id = parse_last_id(last_event_id, last_event_id_query)
-    return EventStreamResponse(hub, hub.subscribe(run_id, last_id), settings.stream_heartbeat_s)
+    return EventStreamResponse(hub, hub.subscribe(run_id, last_id), settings.stream_heartbeat_s,
+                               settings.stream_drop_grace_s)
 
 
 class EventStreamResponse(StreamingResponse):
     """An SSE response that ends the connection as soon as its reader is dropped.
 
     A reader that stopped reading leaves the response stuck in ``send`` (the transport is
-    paused); waiting for ``reader.gone`` beside it and cancelling closes that connection
-    instead of keeping it for as long as the client keeps its socket open. Whatever ends
-    the response, the hub forgets the reader.
+    paused); waiting for ``reader.gone`` beside it and cancelling after ``drop_grace_s``
+    closes that connection instead of keeping it for as long as the client keeps its
+    socket open (a reader dropped while still reading ends cleanly within the grace).
+    Whatever ends the response, the hub forgets the reader.
     """
 
-    def __init__(self, hub: StreamHub, reader: Reader, heartbeat_s: float) -> None:
+    def __init__(self, hub: StreamHub, reader: Reader, heartbeat_s: float, drop_grace_s: float) -> None:
         super().__init__(_events(reader, heartbeat_s), media_type="text/event-stream",
                          headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
-        self.hub, self.reader = hub, reader
+        self.hub, self.reader, self.drop_grace_s = hub, reader, drop_grace_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -85,7 +87,10 @@ class EventStreamResponse(StreamingResponse):
 
     async def _end_when_dropped(self, scope: anyio.CancelScope) -> None:
         await self.reader.gone.wait()
-        await anyio.sleep(DROP_GRACE_S)  # a reader still reading ends cleanly within this
+        if self.reader.behind:
+            log.warning("run %s: a stream reader fell %d messages behind and was dropped (it may reconnect "
+                        "with Last-Event-ID)", self.reader.run_id, self.reader.max_queued)
+        await anyio.sleep(self.drop_grace_s)  # a reader still reading ends cleanly within this
         scope.cancel()
 
 
