@@ -142,6 +142,8 @@ class Run:
 
     def _judge_emissions(self, emissions: Sequence[Emission]) -> None:
         for emission in emissions:
+            if emission.group == "console":  # the same values again, at the console's pace
+                continue
             directions = {k: m.direction for k, m in emission.metrics.items()}
             self.new_alerts += self.alerts.observe(emission.step, emission.values, directions)
 

@@ -262,14 +262,15 @@ class RunHost:
 
     def check_stalls(self, threshold_s: float, now: float | None = None) -> int:
         """Fire the built-in stall alert of every active run's ranks silent for longer than
-        ``threshold_s`` (since their last delivery, or since the run's creation or this
-        service's start when none came); journaled, so it survives restarts. Returns the count."""
+        ``threshold_s``: since their last delivery (or the run's creation), and at most since
+        this service started, as trainers keep their records while the service is down.
+        Journaled, so it survives restarts. Returns the count."""
         now = self._clock() if now is None else now
         fired = 0
         for run in self.runs():
             with run.lock:
-                since = max(run.created_at or self.started_at, self.started_at)
-                seen = {rank: run.last_seen.get(rank, since) for rank in range(run.spec.world_size)}
+                seen = {rank: max(run.last_seen.get(rank, run.created_at or 0.0), self.started_at)
+                        for rank in range(run.spec.world_size)}
                 stalls = [] if run.state.finished else run.alerts.stalls(now, seen, run.state.watermark, threshold_s)
                 for alert in stalls:
                     self._append(run.spec.run_id, "alert", alert.to_dict())

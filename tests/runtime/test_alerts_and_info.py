@@ -13,6 +13,7 @@ from service.runtime.host import RunHost
 from service.sinks.memory import MemorySink
 from service.storage.sqlite import SqliteStore
 from tests.conftest import RunData, make_run, stream_events
+from tests.core.test_alerts import _expected_stagnation
 from tests.reference import expected_history
 
 METRICS = {"STEP_INTERVAL": 2, "WANDB_INTERVAL": 4, "LR_INTERVAL": 3}
@@ -72,21 +73,27 @@ def _send_all(host: RunHost, data: RunData, extra: dict[int, ScalarEvent] | None
     return sessions
 
 
-def test_a_user_rule_fires_at_the_reference_crossings_and_reaches_listeners() -> None:
-    data = make_run(21, world_size=2, steps_per_epoch=8, epochs=2)
+def test_user_rules_fire_at_the_reference_steps_and_reach_listeners() -> None:
+    data = make_run(21, world_size=2, steps_per_epoch=12, epochs=2)
     want = expected_history(data.recs, data.tasks, INTERVALS, data.scalars, data.last_step)["train/loss"]
     threshold = sorted(v for _, v in want)[len(want) // 2]  # the median: some windows above, some not
-    config = {"METRICS": {**METRICS, "ALERTS": [{"KEY": "train/loss", "ABOVE": threshold, "LEVEL": "ERROR"}]}}
+    # the console repeats train/loss at the same steps: it must not count twice
+    metrics = {**METRICS, "CONSOLE_INTERVAL": 2}
+    config = {"METRICS": {**metrics, "ALERTS": [{"KEY": "train/loss", "ABOVE": threshold, "LEVEL": "ERROR"},
+                                                {"KEY": "train/loss", "NO_IMPROVEMENT_EPOCHS": 2, "NAME": "flat"}]}}
     recorder = Recorder()
     host = RunHost([MemorySink()], listeners=[recorder])
-    host.create_run({**data.spec("r", METRICS), "config": config})
+    host.create_run({**data.spec("r", metrics), "config": config})
     _send_all(host, data)
     host.finish("r")
     alerts = host.info("r")["alerts"]
-    assert [a["step"] for a in alerts] == _crossings(want, threshold) != []
+    above = [a for a in alerts if a["name"] != "flat"]
+    assert [a["step"] for a in above] == _crossings(want, threshold) != []
     rule = f"train/loss above {threshold}"
-    assert {(a["key"], a["level"], a["rule"]) for a in alerts} == {("train/loss", "ERROR", rule)}
-    assert [a["value"] for a in alerts] == [dict(want)[a["step"]] for a in alerts]
+    assert {(a["key"], a["level"], a["rule"]) for a in above} == {("train/loss", "ERROR", rule)}
+    assert [a["value"] for a in above] == [dict(want)[a["step"]] for a in above]
+    flat = [a["step"] for a in alerts if a["name"] == "flat"]
+    assert flat == [want[i][0] for i in _expected_stagnation([v for _, v in want], 2, higher_is_better=False)] != []
     assert recorder.alerts == alerts
     assert host.list_runs()[0]["alerts"] == len(alerts)
 
