@@ -52,22 +52,15 @@ class Message:
 
 
 def emission_payload(emission: Emission) -> dict[str, Any]:
-    """The ``emission`` message's data (DESIGN §11: values with their metric identity)."""
-    metrics: Mapping[str, Any] = getattr(emission, "metrics", {}) or {}
+    """The ``emission`` message's data (DESIGN §11): this emission's own values (not the ones a
+    wandb row carries from an earlier emission) with their metric identity."""
     values = {k: v for k, v in emission.values.items() if math.isfinite(v)}
     return {"run_id": emission.run_id, "step": emission.step, "group": emission.group, "values": values,
-            "metrics": {k: _identity(m) for k, m in metrics.items() if k in values}}
-
-
-def _identity(metric: Any) -> dict[str, Any]:
-    fields = ("kind", "statistic", "phase", "window", "task", "family", "label", "direction")
-    if isinstance(metric, Mapping):
-        return {f: metric.get(f) for f in fields}
-    return {f: getattr(metric, f, None) for f in fields}
+            "metrics": {k: m.to_dict() for k, m in emission.metrics.items() if k in values}}
 
 
 def _jsonable(value: Any) -> Any:
-    """Numbers and containers the JSON encoder does not know (numpy scalars, tuples of sets)."""
+    """Values the JSON encoder does not know: numpy scalars (``item()``) and sets."""
     if hasattr(value, "item"):
         return value.item()
     if isinstance(value, set | frozenset):
