@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from service.api.auth import BearerAuth
 from service.api.errors import install_error_handlers
-from service.api.routes import health, ingest, metrics, runs, snapshots, stream
+from service.api.routes import dashboard, health, ingest, metrics, runs, snapshots, stream
 from service.api.run_export import RunExport
 from service.api.stream_hub import StreamHub
 from service.api.telemetry import RequestMetrics, Telemetry
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     install_error_handlers(app)
     for module in (health, runs, ingest, metrics, snapshots, stream):
         app.include_router(module.router)
+    dashboard.install(app)
     app.add_middleware(RequestMetrics, telemetry=app.state.telemetry)
     if settings.auth_tokens:
         app.add_middleware(BearerAuth, tokens=settings.auth_tokens)
