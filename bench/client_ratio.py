@@ -9,7 +9,10 @@ every round, so no contender always follows the same one):
   so the queue never fills;
 - ``log_batch`` with the service down (a closed port on 127.0.0.1) and the queue full at
   the default ``max_queue_items=10,000``: every call merges or drops (both label forms);
-- wandb offline ``run.log`` of 30 scalars.
+- wandb offline ``run.log`` of 30 scalars;
+- a control: the same numpy work every call, calibrated to take as long as a ``log_batch``
+  call (CPU time), so the machine's own p99 / median (preemption by other processes on the
+  shared 2-core VM, in whole scheduler ticks of 4 ms) shows next to the client's.
 
 Every contender runs one untimed block first. The batch is bench/_common's standard one:
 256 samples, 4 tasks (50/500/2,000/10,000 classes), top-3 int64 arrays, subsets rarity x3
@@ -43,7 +46,8 @@ QUEUE = 10_000  # the client's default max_queue_items
 UP_LISTS, UP_NP = "log_batch up, labels lists", "log_batch up, labels numpy str"
 DOWN_LISTS, DOWN_NP = "log_batch down+full, labels lists", "log_batch down+full, labels numpy str"
 WANDB = "wandb run.log 30 scalars"
-CONTENDERS = (UP_LISTS, UP_NP, DOWN_LISTS, DOWN_NP, WANDB)
+CONTROL = "control: fixed numpy work"
+CONTENDERS = (UP_LISTS, UP_NP, DOWN_LISTS, DOWN_NP, WANDB, CONTROL)
 
 
 class Contenders:
@@ -66,10 +70,13 @@ class Contenders:
         self.names = [f"train/scalar_{k:02d}" for k in range(30)]
         self.values = np.random.default_rng(1).random((64, 30)).tolist()
         self.wandb_step = 0
+        self.control_repeats = 1
 
     def call(self, name: str) -> Callable[[int], None]:
         if name == WANDB:
             return self._wandb
+        if name == CONTROL:
+            return self._control
         client = self.up if name in (UP_LISTS, UP_NP) else self.down
         numpy_labels = name in (UP_NP, DOWN_NP)
 
@@ -84,6 +91,21 @@ class Contenders:
     def _wandb(self, i: int) -> None:
         self.wandb_step += 1  # wandb drops rows whose step does not grow
         self.run.log(dict(zip(self.names, self.values[i % 64], strict=True)), step=self.wandb_step)
+
+    def _control(self, i: int) -> None:
+        """The same work every call (copies of the batch's arrays), as long as a log_batch call: what the
+        machine adds to a constant cost (preemption by other processes, cache misses) shows in its
+        p99 / median. A shorter call is hit by a preemption less often, hence the calibration."""
+        b = self.pool[i % POOL]
+        arrays = [*b.targets.values(), *b.topk.values()]
+        for _ in range(self.control_repeats):
+            np.concatenate(arrays, axis=None).astype(np.uint16)
+
+    def calibrate_control(self, target_ns: float) -> None:
+        """Repeat the control's work so that its median is about ``target_ns``."""
+        self.control_repeats = 1
+        one = float(np.median(block(self._control, 200, 0)[1]))
+        self.control_repeats = max(1, round(target_ns / one))
 
     def after_block(self, name: str) -> None:
         if name in (UP_LISTS, UP_NP) and not self.up.flush(timeout_s=60):
@@ -104,12 +126,14 @@ class Contenders:
 
 
 def block(fn: Callable[[int], None], calls: int, start: int) -> np.ndarray:
-    out = np.empty(calls, dtype=np.int64)
-    clock = time.perf_counter_ns
+    """[2, calls]: wall-clock and this thread's CPU nanoseconds per call."""
+    out = np.empty((2, calls), dtype=np.int64)
+    clock, cpu = time.perf_counter_ns, time.thread_time_ns
     for i in range(calls):
-        t0 = clock()
+        t0, c0 = clock(), cpu()
         fn(start + i)
-        out[i] = clock() - t0
+        c1, t1 = cpu(), clock()
+        out[0, i], out[1, i] = t1 - t0, c1 - c0
     return out
 
 
@@ -129,9 +153,11 @@ def child(rounds: int, calls: int) -> dict[str, Any]:
 
 def timed_rounds(who: Contenders, rounds: int, calls: int) -> dict[str, Any]:
     who.fill_down_queue()
+    first = {}
     for name in CONTENDERS:  # the untimed first block of each
-        block(who.call(name), calls, 0)
+        first[name] = block(who.call(name), calls, 0)
         who.after_block(name)
+    who.calibrate_control(float(np.median(first[UP_NP][1])))
     rss_full = c.rss_kib(os.getpid())
     times: dict[str, list[np.ndarray]] = {name: [] for name in CONTENDERS}
     for r in range(rounds):
@@ -144,8 +170,9 @@ def timed_rounds(who: Contenders, rounds: int, calls: int) -> dict[str, Any]:
                            "down_pending": stats["pending"], "down_dropped": stats["dropped"]["queue_full"],
                            "down_coalesced": stats["coalesced"], "up_dropped": sum(who.up.stats()["dropped"].values())}
     for name, blocks in times.items():
-        ns = np.concatenate(blocks)
-        out[name] = {"calls": len(ns), "median": float(np.median(ns)), "p99": c.pct(ns, 99), "max": float(ns.max())}
+        ns, cpu = np.concatenate(blocks, axis=1)
+        out[name] = {"calls": len(ns), "median": float(np.median(ns)), "p99": c.pct(ns, 99), "max": float(ns.max()),
+                     "cpu_median": float(np.median(cpu)), "cpu_p99": c.pct(cpu, 99), "cpu_max": float(cpu.max())}
     return out
 
 
@@ -176,8 +203,12 @@ def report(results: list[dict[str, Any]], rounds: int, calls: int) -> None:
         for name in CONTENDERS:
             fig = res[name]
             rows.append([run, name, fig["calls"], c.us(fig["median"]), c.us(fig["p99"]), c.us(fig["max"]),
-                         c.ratio(fig["median"], wandb_med)])
-    print(c.table(["run", "contender", "calls", "median us", "p99 us", "max us", "median / wandb"], rows))
+                         c.ratio(fig["median"], wandb_med), c.us(fig["cpu_median"]), c.us(fig["cpu_p99"]),
+                         c.us(fig["cpu_max"])])
+    print(c.table(["run", "contender", "calls", "median us", "p99 us", "max us", "median / wandb",
+                   "CPU median us", "CPU p99 us", "CPU max us"], rows))
+    print("(wall clock decides the targets; the thread's CPU time per call shows what the call itself costs, "
+          "without preemption by other processes and threads)")
     print()
     rows = [[run, f"{res['rss_full_kib'] / 1024:.1f}", f"{(res['rss_end_kib'] - res['rss_full_kib']) / 1024:+.1f}",
              res["down_pending"], f"{res['down_dropped']:,}", f"{res['down_coalesced']:,}", res["up_dropped"]]
@@ -200,6 +231,12 @@ def targets(results: list[dict[str, Any]]) -> None:
         print(f"  {down}: p99 <= 4x up median: {', '.join(f'{r:.2f}x' for r in ratios)} -> "
               f"{c.verdict(max(ratios) <= 4)}; max < 20 ms: {worst_max / 1e6:.2f} ms -> "
               f"{c.verdict(worst_max < 20e6)}")
+        cpu = [res[down]["cpu_p99"] / res[up]["cpu_median"] for res in results]
+        cpu_max = max(res[down]["cpu_max"] for res in results)
+        print(f"    (CPU time: p99 / up median {', '.join(f'{r:.2f}x' for r in cpu)}, max {cpu_max / 1e6:.2f} ms)")
+    noise = [res[CONTROL]["p99"] / res[CONTROL]["median"] for res in results]
+    print(f"  (noise floor: the control's p99 / its median {', '.join(f'{r:.2f}x' for r in noise)}, its max "
+          f"{max(res[CONTROL]['max'] for res in results) / 1e6:.2f} ms: the same constant work, timed the same way)")
     growth = max(res["rss_end_kib"] - res["rss_full_kib"] for res in results) / 1024
     print(f"  memory bounded while full (RSS growth after the queue filled <= 5 MiB): {growth:+.1f} MiB -> "
           f"{c.verdict(growth <= 5)}")

@@ -37,6 +37,7 @@ from client._wire import (
 
 #: Marks labels not dictionary-encoded yet: ``subsets[family] == (labels per sample, RAW_CODES)``.
 RAW_CODES = np.empty(0, dtype=np.int64)
+RECORD_OVERHEAD_BYTES = 128  # a record's fields besides its arrays, encoded
 MAX_LAYOUTS = 64  # distinct (shapes, dtypes) remembered; batch sizes vary little in practice
 
 _ARRAY_TYPES = {np.ndarray}
@@ -47,10 +48,11 @@ _SHAPE_AND_DTYPE = operator.attrgetter("shape", "dtype")
 class _Layout:
     """Where each task's arrays lie in the concatenated buffer, and their bounds."""
 
-    __slots__ = ("bound", "dtype", "ks", "names", "size", "slices")
+    __slots__ = ("bound", "dtype", "ks", "names", "size", "slices", "task_ks")
 
     def __init__(self, names: Sequence[str], size: int, ks: Sequence[int], limits: Sequence[int]) -> None:
         self.names, self.size, self.ks = list(names), size, tuple(ks)
+        self.task_ks = tuple(sorted(zip(self.names, self.ks, strict=True)))  # part of the merge key
         self.dtype = index_type(max(limits))  # what the checked buffer is kept as while it waits
         counts = [size] * len(ks) + [size * k for k in ks]
         self.bound = np.repeat(np.array([*limits, *limits], dtype=np.uint64), counts)
@@ -66,7 +68,7 @@ class PackedBatch:
     only copies and checks.
     """
 
-    __slots__ = ("epoch", "flat", "layout", "losses", "phase", "step", "subsets", "task_losses", "time")
+    __slots__ = ("epoch", "flat", "layout", "losses", "nbytes", "phase", "step", "subsets", "task_losses", "time")
     kind = "batch"
 
     def __init__(self, step: int, epoch: int, phase: str, time: float, flat: np.ndarray, layout: _Layout,
@@ -74,6 +76,7 @@ class PackedBatch:
         self.step, self.epoch, self.phase, self.time = step, epoch, phase, time
         self.flat, self.layout = flat, layout
         self.losses, self.task_losses, self.subsets = losses, task_losses, subsets
+        self.nbytes = RECORD_OVERHEAD_BYTES + flat.nbytes + raw_label_bytes(subsets)  # its encoded size, about
 
     @property
     def batch_size(self) -> int:

@@ -48,6 +48,13 @@ class _Entry:
         self.samples += other.samples
 
 
+def _entry(event: Record, barrier: int) -> _Entry:
+    if type(event) is PackedBatch:  # the common case first
+        return _Entry(event.nbytes, event.layout.size, [event], barrier)
+    control = not isinstance(event, BatchEvent | ScalarEvent)
+    return _Entry(record_nbytes(event), record_samples(event), [event], barrier, control)
+
+
 @dataclass(eq=False, slots=True)
 class _Group:
     """The queued records of one key, oldest first.
@@ -107,21 +114,23 @@ class EventQueue:
     def put(self, event: Record) -> Admission:
         """Queue ``event``, merging or dropping data records when full."""
         if self._live < self.max_items:
-            self._append(event)
+            self._append(_entry(event, self._barriers))
             if 2 * self._live >= self.max_items:
                 self._link_some(LINKS_PER_PUT)
             return _ADMITTED
         self._link_some(len(self._unlinked))
-        key = coalesce_key(event, self._barriers)
-        if key is not None and self._absorb(key, event):
-            return Admission(coalesced=1)
+        entry = _entry(event, self._barriers)
+        if not entry.control:
+            entry.key = coalesce_key(event, entry.barrier)
+            if self._absorb(entry):
+                return Admission(coalesced=1)
         coalesced = self._compact_until_room()
         dropped = 0
         if self._live >= self.max_items:
             dropped = self._drop_oldest_data()
-            if not dropped and key is not None:
+            if not dropped and not entry.control:
                 return Admission(coalesced, dropped=1)  # only control records queued
-        self._append(event)
+        self._append(entry)
         self._sweep()
         return Admission(coalesced, dropped)
 
@@ -146,14 +155,12 @@ class EventQueue:
         self._reset()
         return dropped
 
-    def _append(self, event: Record) -> None:
-        control = not isinstance(event, BatchEvent | PackedBatch | ScalarEvent)
-        entry = _Entry(record_nbytes(event), record_samples(event), [event], self._barriers, control)
-        self._barriers += control
+    def _append(self, entry: _Entry) -> None:
+        self._barriers += entry.control
         self._entries.append(entry)
         self._live += 1
         self._records += 1
-        if control:
+        if entry.control:
             return
         self._data.append(entry)
         if self._linking and not self._unlinked:  # keyed in logging order: groups stay FIFO
@@ -169,8 +176,9 @@ class EventQueue:
             self._link(unlinked.popleft())
 
     def _link(self, entry: _Entry) -> None:
-        entry.key = coalesce_key(entry.parts[0], entry.barrier)
-        assert entry.key is not None
+        if entry.key is None:
+            entry.key = coalesce_key(entry.parts[0], entry.barrier)
+            assert entry.key is not None
         group = self._groups.get(entry.key)
         if group is None:
             group = self._groups[entry.key] = _Group()
@@ -184,12 +192,11 @@ class EventQueue:
             self._dirty.append(entry.key)
         entries.append(entry)
 
-    def _absorb(self, key: Key, event: Record) -> bool:
-        group = self._groups.get(key)
-        nbytes, samples = record_nbytes(event), record_samples(event)
-        if group is None or not group.entries[-1].can_take(nbytes, samples, self.max_record_bytes):
+    def _absorb(self, entry: _Entry) -> bool:
+        group = self._groups.get(entry.key)  # type: ignore[arg-type]
+        if group is None or not group.entries[-1].can_take(entry.nbytes, entry.samples, self.max_record_bytes):
             return False
-        group.entries[-1].take_in(_Entry(nbytes, samples, [event]))
+        group.entries[-1].take_in(entry)
         self._records += 1
         return True
 
