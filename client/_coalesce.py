@@ -29,7 +29,6 @@ from client._wire import BatchEvent, Event, Labels, ScalarEvent, encode_event
 Key = tuple[Hashable, ...]
 
 
-
 def coalesce_key(event: Record, barrier: int) -> Key | None:
     """The merge key of a data record, or None for control records (never merged)."""
     if isinstance(event, ScalarEvent):

@@ -34,11 +34,10 @@ class Vocabulary(tuple[str, ...]):
 class _Table:
     """Codes of the known labels that fit in one array width: a character lookup, then an exact check."""
 
-    __slots__ = ("columns", "dtype", "fixed", "lut", "width")
+    __slots__ = ("columns", "fixed", "lut", "width")
 
     def __init__(self, width: int, columns: tuple[int, ...], lut: np.ndarray, fixed: np.ndarray) -> None:
         self.width, self.columns, self.lut, self.fixed = width, columns, lut, fixed
-        self.dtype = lut.dtype
 
     @classmethod
     def build(cls, vocabulary: Vocabulary, width: int) -> _Table | None:

@@ -11,8 +11,8 @@ Merging is lazy: an entry keeps its parts and ``take`` hands them out, so the ca
 builds the merged record outside its lock. Keys are lazy too: while the queue is less
 than half full (the normal case) ``put`` only appends. From half full on, each ``put``
 keys three records, oldest first, so the index is complete by the time the queue is full
-and no single ``put`` computes the keys of the whole queue. The
-index is kept until the queue drains. Not thread-safe: the worker holds its lock.
+and no single ``put`` computes the keys of the whole queue. The index is kept until the
+queue drains. Not thread-safe: the worker holds its lock.
 """
 
 from __future__ import annotations
