@@ -311,8 +311,8 @@ class RunHost:
         run = self.get(run_id)
         with run.lock:
             copied = views.copy_history(run, keys)
-        return {"run_id": run_id,
-                "series": {k: views.series(s, v, since_step, max_points) for k, (s, v) in copied.items()}}
+        return {"run_id": run_id, "series": {k: {**views.series(s, v, since_step, max_points), "metric": m}
+                                             for k, (s, v, m) in copied.items()}}
 
     def summary(self, run_id: str) -> dict[str, Any]:
         """Best values so far (final ones once finished)."""

@@ -1,6 +1,7 @@
-// What a metric is. Live emissions carry their identity ("metrics" in each stream message)
-// and the page uses it as given. Values loaded over REST (/history, /metrics) come as bare
-// keys, so for those alone the page derives the identity the service would have sent
+// What a metric is. Live emissions carry their identity ("metrics" in each stream message),
+// and /metrics and /history give each key's "metric"; the page uses them as given. Only a
+// value recorded before the service kept identities (a run restored from an older snapshot)
+// comes as a bare key: for those the page derives the identity the service would have sent
 // (service/core/naming.py; a browser test holds the two to each other).
 
 const SCALARS = [["train/lr/", "lr"], ["pipeline/", "pipeline"], ["gradnorm/", "gradnorm"], ["custom/", "custom"]];

@@ -60,6 +60,7 @@ export class RunModel {
     this.latest = new Map(Object.entries(metrics.metrics));
     this.series.clear();
     this.ids.clear();
+    for (const [key, m] of this.latest) if (m.metric) this.ids.set(key, m.metric); // identities as the service gives them
     this.fetched.clear();
     // only charted keys now; a subset family's series when the user opens it (there may be thousands)
     await this.loadKeys([...this.latest.keys()].filter((k) => place(this.identity(k), this.tasks)));
@@ -73,7 +74,8 @@ export class RunModel {
   /** Every key the run has a value for. */
   keys() { return new Set([...this.latest.keys(), ...this.series.keys()]); }
 
-  /** A key's identity: as the stream gave it, else derived from the key. */
+  /** A key's identity: as the service gave it (stream, /metrics, /history), else derived from the key
+   * (only values recorded before the service kept identities lack one). */
   identity(key) {
     let id = this.ids.get(key);
     if (!id) this.ids.set(key, (id = parseKey(key, this.tasks)));
@@ -93,6 +95,7 @@ export class RunModel {
     const replies = await Promise.all(chunks.filter((c) => c.length).map((c) => api.history(this.runId, c, HISTORY_POINTS)));
     for (const reply of replies) {
       for (const [key, h] of Object.entries(reply.series)) {
+        if (h.metric && !this.ids.has(key)) this.ids.set(key, h.metric);
         const s = this._seriesOf(key);
         h.steps.forEach((step, i) => insertPoint(s, step, h.values[i]));
       }
