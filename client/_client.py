@@ -36,11 +36,10 @@ from client._errors import (
 from client._fastpath import FastBatches, Record
 from client._progress import RankProgress
 from client._records import build_batch, build_scalar, check_int, check_name
+from client._rules import MAX_WORLD_SIZE, check_run_id
 from client._spec import (
-    MAX_WORLD_SIZE,
     check_bounded_int,
     check_positive,
-    check_run_id,
     check_url,
     freeze_config,
     parse_subsets,

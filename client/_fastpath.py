@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from client._rules import NAME_PATTERN, RESERVED_FAMILY
 from client._wire import (
     MAX_TOPK,
     MIN_TOPK,
-    NAME_PATTERN,
-    RESERVED_FAMILY,
     BatchEvent,
     Event,
     Labels,

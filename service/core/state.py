@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from client._wire import RESERVED_FAMILY, BatchEvent, TaskInfo
+from client._rules import RESERVED_FAMILY
+from client._wire import BatchEvent, TaskInfo
 from service.core.exact import fixed, fixed_sums_by_label, ratio
 
 NULL_FAMILY = RESERVED_FAMILY
