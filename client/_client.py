@@ -36,7 +36,7 @@ from client._errors import (
 from client._fastpath import FastBatches, Record
 from client._progress import RankProgress
 from client._records import build_batch, build_scalar, check_int, check_name
-from client._rules import MAX_WORLD_SIZE, check_run_id
+from client._rules import MAX_STEP, MAX_WORLD_SIZE, check_run_id
 from client._spec import (
     check_bounded_int,
     check_positive,
@@ -47,7 +47,7 @@ from client._spec import (
     run_body,
 )
 from client._transport import Backoff, Transport
-from client._wire import MAX_STEP, TRAIN_PHASE, CheckpointEvent, CompleteEvent, EndEpochEvent
+from client._wire import TRAIN_PHASE, CheckpointEvent, CompleteEvent, EndEpochEvent
 from client._worker import Worker, WorkerConfig
 
 log = logging.getLogger(__name__)

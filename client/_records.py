@@ -17,8 +17,8 @@ import numpy as np
 from client import _rules as rules
 from client._arrays import class_indices, finite_floats, is_tensor, to_numpy, topk_from_logits
 from client._errors import InvalidRecord, InvalidType, InvalidValue
+from client._rules import MAX_STEP
 from client._wire import (
-    MAX_STEP,
     BatchEvent,
     Labels,
     ScalarEvent,

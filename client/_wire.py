@@ -33,7 +33,7 @@ from typing import Any, TypeAlias, TypeGuard, cast
 import msgpack
 import numpy as np
 
-from client._rules import MAX_STEP, NAME_CHARS, NAME_PATTERN, RESERVED_FAMILY, SCALAR_NAME_CHARS, SCALAR_NAME_PATTERN
+from client._rules import MAX_STEP, NAME_CHARS, NAME_PATTERN, SCALAR_NAME_CHARS, SCALAR_NAME_PATTERN
 from client._rules import TaskInfo as TaskInfo  # re-exported: the service and older code import it from here
 
 JSON_TYPE = "application/json"
