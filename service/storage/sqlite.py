@@ -14,13 +14,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from service.core.errors import StoreUnavailable
+from service.storage.base import StoredRun
 
 log = logging.getLogger("linnaeus_metrics.storage")
 SCHEMA_VERSION = 1
@@ -36,15 +36,6 @@ CREATE TABLE IF NOT EXISTS blobs (
 """
 
 
-@dataclass
-class StoredRun:
-    """What recovery needs of one run: its image (if any) and the commands after it."""
-
-    run_id: str
-    image: dict[str, Any] | None
-    commands: list[tuple[int, str, dict[str, Any]]]
-
-
 def pack(obj: Any) -> bytes:
     """msgpack with bytes kept as bytes."""
     packed: bytes = msgpack.packb(obj, use_bin_type=True)
@@ -57,7 +48,7 @@ def unpack(data: bytes) -> Any:
 
 
 class SqliteStore:
-    """One connection, one lock: writes are short transactions, serialised."""
+    """One connection, one lock: writes are short transactions, serialised (a ``Store``)."""
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
