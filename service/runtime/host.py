@@ -40,11 +40,15 @@ class RunHost:
         history_max_points: points kept per history series.
         image_every_events: events between recovery images of a run.
         new_id: session id factory.
+        missing_rank_grace_s: how long after a run's first session ranks that never opened one
+            are logged (once per run, at the next delivery).
+        clock: monotonic time source (tests).
     """
 
     def __init__(self, sinks: Sequence[Sink] = (), store: Store | None = None, max_runs: int = 1000,
                  history_max_points: int = 10_000, image_every_events: int = 5_000,
-                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex, missing_rank_grace_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.sinks = list(sinks)
         self.store = store
         self.max_runs = max_runs
@@ -54,6 +58,9 @@ class RunHost:
         self._runs: dict[str, Run] = {}
         self._outboxes: dict[str, Outbox] = {}
         self._last_command: dict[str, int] = {}
+        self.missing_rank_grace_s = missing_rank_grace_s
+        self._clock = clock
+        self._first_session_at: dict[str, float] = {}  # runs whose missing ranks are not yet logged
         self.image_writes = 0
         self.image_seconds = 0.0
         self._lock = threading.Lock()
@@ -130,6 +137,7 @@ class RunHost:
                     self.store.delete_run(run_id)
                 del self._runs[run_id]
                 self._outboxes.pop(run_id, None)
+                self._first_session_at.pop(run_id, None)
         for sink in self.sinks:
             sink.delete_run(run_id)
 
@@ -148,6 +156,7 @@ class RunHost:
             self._collect(run, notices)
         if fenced:
             log.info("run %s: rank %d opened a session, fencing %d older one(s)", run_id, rank, len(fenced))
+        self._first_session_at.setdefault(run_id, self._clock())
         self._dispatch(run)
         return {"session": session_id, "rank": rank, "next_seq": 0}
 
@@ -165,8 +174,19 @@ class RunHost:
                 self._append(run_id, "events", _journal_events(session_id, seq, events, body))
             reply = run.apply_delivery(plan)
             self._collect(run)
+            self._log_missing_ranks(run)
         self._dispatch(run)
         return reply
+
+    def _log_missing_ranks(self, run: Run) -> None:
+        """Once per run, after the grace period: ranks that never joined (caller holds the lock)."""
+        since = self._first_session_at.get(run.spec.run_id)
+        if since is None or self._clock() - since < self.missing_rank_grace_s:
+            return
+        del self._first_session_at[run.spec.run_id]
+        missing = views.missing_ranks(run)
+        if missing:
+            log.warning("run %s: %s", run.spec.run_id, views.missing_note(run, missing))
 
     def restore(self, run_id: str, session_id: str, snapshot: Mapping[str, Any]) -> dict[str, Any]:
         """Roll the run back to a snapshot's cut (DESIGN §3b)."""
