@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import httpx
 from client import _rules as rules
 from client._errors import InvalidType, InvalidValue
 from client._rules import TaskInfo, check_int
+from client._worker import WorkerConfig
 
 
 def check_url(url: Any) -> str:
@@ -97,3 +99,66 @@ def run_body(
     if config is not None:
         body["config"] = config
     return body
+
+
+@dataclass(frozen=True)
+class ClientArgs:
+    """A client's checked constructor arguments: what a pickled copy is rebuilt from.
+
+    The token, an injected transport and a custom clock are not part of it: a token must
+    not end up in a ``torch.save`` file, and the others do not cross processes.
+    """
+
+    url: str
+    run_id: str
+    rank: int
+    world_size: int
+    tasks: tuple[TaskInfo, ...]
+    total_steps: int
+    body: dict[str, Any]
+    worker: WorkerConfig
+    binary: bool
+    request_timeout_s: float
+    open_timeout_s: float
+    missing_ranks_grace_s: float
+
+
+def check_client_args(
+    url: Any, run_id: Any, rank: Any, world_size: Any, tasks: Any, total_steps: Any,
+    config: Any, subsets: Any, options: Mapping[str, Any],
+) -> ClientArgs:
+    """Check every constructor argument (the spec by ``client._rules``); raises naming the bad one."""
+    run_id = rules.check_run_id(run_id)
+    world_size = check_int(world_size, "world_size", 1, rules.MAX_WORLD_SIZE)
+    task_list = parse_tasks(tasks)
+    total_steps = check_int(total_steps, "total_steps", 1, rules.MAX_STEP)
+    body = run_body(run_id, world_size, total_steps, task_list, parse_subsets(subsets), freeze_config(config))
+    return ClientArgs(
+        url=check_url(url),
+        run_id=run_id,
+        rank=check_int(rank, "rank", 0, world_size - 1),
+        world_size=world_size,
+        tasks=tuple(task_list),
+        total_steps=total_steps,
+        body=body,
+        worker=WorkerConfig(
+            max_queue_items=check_int(options["max_queue_items"], "max_queue_items", 1, 10**8),
+            max_batch_events=check_int(options["max_batch_events"], "max_batch_events", 1, 10_000),
+            flush_interval_s=check_positive(options["flush_interval_s"], "flush_interval_s"),
+            backoff_initial_s=check_positive(options["retry_initial_s"], "retry_initial_s"),
+            backoff_max_s=check_positive(options["retry_max_s"], "retry_max_s"),
+        ),
+        binary=bool(options["binary"]),
+        request_timeout_s=check_positive(options["request_timeout_s"], "request_timeout_s"),
+        open_timeout_s=check_non_negative(options["open_timeout_s"], "open_timeout_s"),
+        missing_ranks_grace_s=check_non_negative(options["missing_ranks_grace_s"], "missing_ranks_grace_s"),
+    )
+
+
+def check_non_negative(value: Any, name: str) -> float:
+    """A finite number >= 0 (0 turns a wait off)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidType(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+    if not 0 <= value < float("inf"):
+        raise InvalidValue(f"{name}: expected a finite number >= 0, got {value}")
+    return float(value)
