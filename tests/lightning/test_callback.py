@@ -22,8 +22,8 @@ import pytest
 pytest.importorskip("lightning")
 pytest.importorskip("torchmetrics")
 
-from service.settings import Settings  # noqa: E402
-from tests.e2e.conftest import live_service  # noqa: E402
+from service.settings import Settings
+from tests.e2e.conftest import live_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[2]
