@@ -16,6 +16,8 @@ from client._transport import Transport
 
 log = logging.getLogger(__name__)
 
+LOOKUP_TIMEOUT_S = 2.0  # it may run in close() at interpreter exit: never hold that up long
+
 
 class Roster:
     """Looks up the run's missing ranks, until it saw none or warned once.
@@ -53,7 +55,7 @@ class Roster:
 
     def _fetch(self) -> list[int]:
         try:
-            reply = self._transport.request("GET", self._path)
+            reply = self._transport.request("GET", self._path, timeout_s=LOOKUP_TIMEOUT_S)
         except ClientError:
             return []
         body = reply.payload if reply.ok and isinstance(reply.payload, dict) else {}

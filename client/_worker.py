@@ -129,6 +129,11 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    def _start_if_lazy(self) -> None:
+        """An unpickled client's sender starts on first use (caller holds the lock)."""
+        if self._thread is None and self._state == RUNNING:
+            self.start()
+
     def wait_opened(self, timeout_s: float) -> bool:
         """Wait until the first attempt to open the run and session is over; True if it is."""
         return self._attempted.wait(timeout_s)
@@ -138,8 +143,7 @@ class Worker:
     def put(self, event: Record) -> None:
         """Queue a record; O(1) unless the queue is full. Never blocks on the network."""
         with self._lock:
-            if self._thread is None and self._state == RUNNING:  # an unpickled copy starts on first use
-                self.start()
+            self._start_if_lazy()
             self._stats.queued += 1
             reason = _STATE_DROP_REASON.get(self._state)
             if reason is None:
@@ -171,6 +175,7 @@ class Worker:
             ServiceUnavailable: no session within ``timeout_s``.
         """
         with self._changed:
+            self._start_if_lazy()
             self._changed.wait_for(
                 lambda: self._session is not None or self._state != RUNNING,
                 timeout=max(timeout_s, 0.0),

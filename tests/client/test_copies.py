@@ -77,10 +77,15 @@ def test_torch_save_of_a_model_holding_the_client_loads_back_the_same_client(url
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     assert loaded.mc is model.mc  # same process, client still open: the original
+    model.mc.log_lr(1, {"g": 0.1})
+    checkpoint = model.mc.state_dict(timeout_s=20)
     model.mc.close()
     buffer.seek(0)
     reloaded = torch.load(buffer, weights_only=False)
     assert reloaded.mc is not model.mc and reloaded.mc.run_id == "torch-save"  # a new client of the run
+    reloaded.mc.load_state_dict(checkpoint, timeout_s=20)  # opens its session on first use
+    reloaded.mc.log_lr(2, {"g": 0.2})
+    assert reloaded.mc.flush(10)
     reloaded.mc.close()
 
 
