@@ -254,7 +254,18 @@ class MetricsClient:
         event: Record | None = None
         if logits is None and sample_losses is None:
             event = self._fast.build(step, epoch, phase, now, loss, task_losses, targets, topk, subsets)
-        event = event or build_batch(
+        if event is None:
+            event = self._thorough(step, epoch, phase, now, loss, task_losses, targets, topk, logits, subsets,
+                                   sample_losses)
+        with self._lock:
+            self._check_open()
+            self._progress.check_batch(phase, epoch, step)
+            self._worker.put(event)
+
+    def _thorough(self, step: int, epoch: int, phase: str, now: float, loss: Any, task_losses: Any, targets: Any,
+                  topk: Any, logits: Any, subsets: Any, sample_losses: Any) -> Record:
+        """Every check, naming the bad argument (logits, sample losses, or whatever the fast path declined)."""
+        event = build_batch(
             self.tasks,
             step=step,
             epoch=epoch,
@@ -268,10 +279,9 @@ class MetricsClient:
             subsets=subsets,
             sample_losses=sample_losses,
         )
-        with self._lock:
-            self._check_open()
-            self._progress.check_batch(phase, epoch, step)
-            self._worker.put(event)
+        for family, (labels, _) in event.subsets.items():
+            self._fast.admit(family, labels)  # the same per-run label limits as the fast path
+        return event
 
     def log_lr(self, step: SupportsIndex, values: Mapping[str, float]) -> None:
         """Queue learning rates ``{param_group: lr}`` at ``step`` (raises like ``log_custom``)."""

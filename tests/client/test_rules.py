@@ -63,3 +63,25 @@ def test_config_values_are_plain_json() -> None:
 ])
 def test_the_step_completion_rule(record: dict[str, object], expected: RankSteps) -> None:
     assert completed_after(RankSteps(last_step=3, completed=1), **record) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", ["topk", "logits"])  # the fast path and the thorough one
+def test_a_rank_past_the_label_limits_is_refused_at_the_call(make_client, path: str) -> None:  # type: ignore[no-untyped-def]
+    mc = make_client()
+
+    def log(family: str, labels: list[str]) -> None:
+        size = len(labels)
+        preds = ({"topk": {"genus": np.tile([0, 1, 2], (size, 1)), "species": np.tile([1, 2, 3], (size, 1))}}
+                 if path == "topk" else {"logits": {"genus": np.zeros((size, 5)), "species": np.zeros((size, 10))}})
+        mc.log_batch(1, epoch=0, phase="val", targets={"genus": np.zeros(size, int), "species": np.zeros(size, int)},
+                     subsets={family: np.array(labels)}, **preds)
+
+    log("rarity", [f"l{i}" for i in range(4_000)])
+    log("rarity", [f"m{i}" for i in range(96)])  # 4,096: the limit
+    with pytest.raises(InvalidRecord, match="4097 labels, more than the limit of 4096"):
+        log("rarity", ["one-more"])
+    for i in range(63):
+        log(f"f{i}", ["x"])  # 64 families
+    with pytest.raises(InvalidRecord, match="65 families"):
+        log("f63", ["x"])
+    log("rarity", ["l0", "m5"])  # known labels stay fine
