@@ -51,6 +51,13 @@ class Settings(BaseSettings):
                                    description="wandb mode (default: online with an API key, else offline)")
     console_enabled: bool = Field(True, description="log scheduled values to the console")
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="log level")
+    stream_buffer_events: int = Field(10_000, ge=16, description="events kept per run for stream reconnects")
+    stream_reader_queue_events: int = Field(1_000, ge=16, description="events queued per stream reader")
+    stream_heartbeat_s: float = Field(15.0, gt=0, description="seconds between stream heartbeats")
+    stream_drop_grace_s: float = Field(1.0, ge=0, description="seconds a slow stream reader may lag before it goes")
+    stall_alert_s: float = Field(600.0, gt=0, description="seconds without progress before a rank-stalled alert")
+    export_run_metrics: bool = Field(False, description="export each run's core values and rank lag on /metrics")
+    export_max_runs: int = Field(50, ge=1, description="runs exported on /metrics at most")
 
     @field_validator("auth_tokens", mode="before")
     @classmethod

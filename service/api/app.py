@@ -15,10 +15,13 @@ from service.api.auth import BearerAuth
 from service.api.body_limit import BodyLimit
 from service.api.errors import install_error_handlers
 from service.api.readiness import Readiness, WriteGate
-from service.api.routes import dashboard, health, ingest, metrics, runs, snapshots
+from service.api.routes import dashboard, health, ingest, metrics, runs, snapshots, stream
+from service.api.run_export import RunExport
+from service.api.stream_hub import StreamHub
 from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
 from service.core.errors import StoreUnavailable
+from service.runtime.alert_log import AlertLog
 from service.runtime.host import RunHost
 from service.settings import Settings
 from service.storage.sqlite import SqliteStore
@@ -91,6 +94,16 @@ def _final_images(host: RunHost) -> None:
         log.warning("final recovery images not written: %s", exc)
 
 
+async def _watch_stalls(host: RunHost, threshold_s: float) -> None:
+    """Ask the runtime for stalled ranks a few times per threshold, off the event loop."""
+    while True:
+        await anyio.sleep(min(30.0, threshold_s / 4))
+        try:
+            await to_thread.run_sync(host.check_stalls, threshold_s)
+        except Exception:  # the store may be unavailable: the next round tries again
+            log.exception("stall check failed")
+
+
 def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = None) -> FastAPI:
     """Build the service app.
 
@@ -107,11 +120,13 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
         store = app.state.store = _open_store(settings, readiness) if settings.durable else None
         host = app.state.host = RunHost(
             chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
-            image_every_events=settings.snapshot_every_events)
+            image_every_events=settings.snapshot_every_events, listeners=[app.state.stream, AlertLog()])
         app.state.telemetry.watch(host)
         readiness.quarantined = host.quarantined
         if not settings.durable:
             readiness.set_ready()
+        if settings.export_run_metrics:
+            app.state.telemetry.registry.register(RunExport(host, settings.export_max_runs))
         if store is not None:
             readiness.store = store
             took = await to_thread.run_sync(_recover, host, store, readiness)
@@ -120,11 +135,13 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
             async with anyio.create_task_group() as tasks:
                 if store is not None:
                     tasks.start_soon(_checkpoint_wal, store, settings.wal_checkpoint_interval_s)
+                tasks.start_soon(_watch_stalls, host, settings.stall_alert_s)
                 try:
                     yield
                 finally:
                     tasks.cancel_scope.cancel()
         finally:
+            app.state.stream.close()
             await _shut_down(settings, chosen, host, store, readiness)
 
     app = FastAPI(title="linnaeus-metrics", version="0.1.0", lifespan=lifespan,
@@ -133,8 +150,10 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     app.state.readiness = Readiness(settings.readiness_probe_interval_s)
     app.state.store = None
     app.state.telemetry = Telemetry()
+    app.state.stream = StreamHub(settings.stream_buffer_events, settings.stream_reader_queue_events)
+    app.state.telemetry.watch_stream(app.state.stream)
     install_error_handlers(app)
-    for module in (health, runs, ingest, metrics, snapshots):
+    for module in (health, runs, ingest, metrics, snapshots, stream):
         app.include_router(module.router)
     dashboard.install(app)
     # outermost last: metrics see every reply; auth before anything reads a body

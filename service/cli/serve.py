@@ -10,8 +10,11 @@ the same port right after a ``kill -9`` works.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import socket
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from service.cli.errors import CliError
@@ -95,15 +98,40 @@ def _run(settings: Any, sock: socket.socket) -> int:
     from service.api import create_app
     from service.cli.http_protocol import with_deadlines
 
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings), workers=1, log_level=settings.log_level, log_config=uvicorn_log_config(),
+        app, workers=1, log_level=settings.log_level, log_config=uvicorn_log_config(),
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         http=with_deadlines(settings.header_timeout_s, settings.body_timeout_s))
-    server = uvicorn.Server(config)
+    server = _server(config, app.state.stream.close)
     server.run(sockets=[sock])
     if not server.started:
         raise CliError("the service did not start (see the log above)")
     return 0
+
+
+def _server(config: Any, on_exit: Callable[[], None]) -> Any:
+    """A uvicorn server that calls ``on_exit`` on its event loop as soon as it is told to stop.
+
+    uvicorn waits for open responses before the lifespan shuts down, and an event stream
+    never ends by itself: without this, one open dashboard would hold a SIGTERM for the
+    whole graceful timeout. ``on_exit`` runs on the loop, not inside the signal handler.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().startup(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(on_exit)
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def uvicorn_log_config() -> dict[str, Any]:

@@ -10,9 +10,10 @@ from service.core.run_commands import Run
 
 
 def short_info(run: Run) -> dict[str, Any]:
-    """The run's line in ``GET /v1/runs`` (caller holds the run lock)."""
+    """The run's line in ``GET /v1/runs`` (caller holds the run lock); times are Unix seconds."""
     return {"run_id": run.spec.run_id, "status": "finished" if run.state.finished else "active",
-            "watermark": run.state.watermark, "world_size": run.spec.world_size}
+            "watermark": run.state.watermark, "step": run.state.watermark, "world_size": run.spec.world_size,
+            "created_at": run.created_at, "updated_at": run.updated_at, "alerts": len(run.alerts.fired)}
 
 
 def full_info(run: Run) -> dict[str, Any]:
@@ -20,19 +21,56 @@ def full_info(run: Run) -> dict[str, Any]:
     info = short_info(run)
     info.update(run.spec.to_dict())
     info["schedule"] = dict(run.state.schedule.intervals)
+    info["schedule_source"] = run.state.schedule.source
     info["ranks"] = rank_info(run)
+    info["missing_ranks"] = missing_ranks(run)
+    if info["missing_ranks"]:
+        info["note"] = missing_note(run, info["missing_ranks"])
     info["counters"] = dict(run.counters)
     info["generation"] = run.generation
     info["checkpoints"] = list(run.checkpoints)
+    info["markers"] = [dict(m) for m in run.markers]
+    info["alerts"] = [a.to_dict() for a in run.alerts.fired]
     return info
 
 
+def missing_ranks(run: Run) -> list[int]:
+    """Ranks that never opened a session: every step window waits for them (caller holds the lock)."""
+    joined = {s.rank for s in run.sessions.sessions.values()}
+    return [r for r in range(run.spec.world_size) if r not in joined]
+
+
+def missing_note(run: Run, missing: list[int]) -> str:
+    """Why a run shows no step metrics, for the run's info and the log."""
+    return (f"ranks {missing} of {run.spec.world_size} never opened a session of run {run.spec.run_id!r}: "
+            "step windows and epochs wait for every rank (were those ranks started with another run id?)")
+
+
 def rank_info(run: Run) -> list[dict[str, Any]]:
-    """Each rank's position and live session."""
+    """Each rank's position, live session, last delivery (Unix seconds), lag behind the
+    fastest rank (completed steps) and fenced sessions."""
     live = run.sessions.live()
+    lags = rank_lags(run)
+    fenced = [0] * run.spec.world_size
+    for session in run.sessions.sessions.values():
+        fenced[session.rank] += session.fenced
     return [{"rank": i, "completed": r.completed, "last_step": r.last_step,
-             "session": live[i].id if i in live else None, "next_seq": live[i].next_seq if i in live else 0}
+             "session": live[i].id if i in live else None, "next_seq": live[i].next_seq if i in live else 0,
+             "last_seen": run.last_seen.get(i), "lag": lags[i], "fenced_sessions": fenced[i]}
             for i, r in enumerate(run.state.ranks)]
+
+
+def rank_lags(run: Run) -> dict[int, int]:
+    """Steps each rank's completed position is behind the furthest rank's."""
+    fastest = max(r.completed for r in run.state.ranks)
+    return {i: fastest - r.completed for i, r in enumerate(run.state.ranks)}
+
+
+def export_figures(run: Run) -> dict[str, Any]:
+    """What ``/metrics`` exports of a run (caller holds the run lock)."""
+    core = {k: v for k, (v, _) in run.state.book.latest.items() if k.startswith("core/")}
+    return {"run_id": run.spec.run_id, "step": run.state.watermark, "core": core, "lags": rank_lags(run),
+            "alerts": len(run.alerts.fired)}
 
 
 def latest(run: Run) -> dict[str, Any]:

@@ -152,3 +152,21 @@ def _other_value(name: str, default: object) -> object:
     if isinstance(default, int | float):
         return type(default)(default * 2 + 1)
     raise AssertionError(f"no test value for {name}")
+
+
+def test_export_run_metrics_from_the_flag_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from service.cli.serve import add_commands
+    from service.cli.serve_flags import load_settings
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+
+    def settings(*flags: str) -> bool:
+        return load_settings(parser.parse_args(["serve", "--data-dir", str(tmp_path), *flags])).export_run_metrics
+
+    monkeypatch.delenv("LINNAEUS_METRICS_EXPORT_RUN_METRICS", raising=False)
+    assert (settings(), settings("--export-run-metrics")) == (False, True)
+    monkeypatch.setenv("LINNAEUS_METRICS_EXPORT_RUN_METRICS", "true")
+    assert settings() is True
