@@ -22,8 +22,6 @@ pytestmark = pytest.mark.e2e
 METRICS = {"STEP_INTERVAL": 2, "WANDB_INTERVAL": 4}
 LIMIT = 256 * 1024
 DATA = make_run(13, world_size=1, steps_per_epoch=4, epochs=1)
-SPEC_RULES = ("enforced by the run-spec rules module (client/_spec.py, another branch of issue 13/14): "
-              "passes once both are merged")
 
 
 @dataclass
@@ -139,7 +137,6 @@ def test_binary_shape_overflow_is_422(service: Service, shape: list[int]) -> Non
 
 # ---------------------------------------------------------------- item 1: non-finite and huge numbers in a run config
 
-@pytest.mark.xfail(strict=True, reason=f"numbers in a run config: {SPEC_RULES}")
 @pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999", str(2**63), str(-(2**63) - 1), HUGE])
 def test_non_finite_or_out_of_int64_config_is_422_and_creates_nothing(service: Service, raw: str) -> None:
     spec = make_run(14, world_size=1, steps_per_epoch=2, epochs=1).spec(f"{service.run}-config", METRICS)
@@ -163,7 +160,6 @@ NEWLINE_NAMES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=f"names matched in full: {SPEC_RULES}")
 @pytest.mark.parametrize("what", sorted(NEWLINE_NAMES))
 def test_names_with_a_trailing_newline_are_422(service: Service, what: str) -> None:
     before = service.state()
@@ -225,7 +221,6 @@ def _read_reply(sock: socket.socket) -> bytes:
 
 # ---------------------------------------------------------------- item 9: labels per family capped
 
-@pytest.mark.xfail(strict=True, reason=f"labels per family: {SPEC_RULES}")
 def test_too_many_labels_in_one_family_is_refused(service: Service) -> None:
     size = 5000  # more than the 4,096 labels a family may have (DESIGN §6)
     zeros = np.zeros(size, dtype=np.int64)
@@ -250,7 +245,6 @@ def test_more_than_256_tasks_is_422(service: Service) -> None:
     assert service.http.get(f"/v1/runs/{service.run}-tasks").status_code == 404
 
 
-@pytest.mark.xfail(strict=True, reason=f"families per run: {SPEC_RULES}")
 def test_more_than_64_subset_families_is_refused(service: Service) -> None:
     spec = DATA.spec(f"{service.run}-families", METRICS)
     spec["subsets"] = {f"family{i}": ["a", "b"] for i in range(65)}

@@ -25,8 +25,6 @@ from tests.api.fuzz._seed import DATA, METRICS, STREAMS, delivery, describe, see
 
 EXAMPLES = 40
 BAD_NUMBERS = [math.nan, math.inf, -math.inf, mut.BIG, 2**63, -(2**63) - 1, 2**64, 10**400, -(10**400)]
-SPEC_RULES = ("numbers in a run config are checked by the run-spec rules module (another branch of "
-              "issues 13/14); until it lands a NaN config is accepted and its snapshot answers 500")
 
 
 def _numeric_paths(body: Any) -> list[tuple[Any, ...]]:
@@ -69,7 +67,6 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield http
 
 
-@pytest.mark.xfail(strict=True, reason=SPEC_RULES)
 def test_run_specs_with_bad_numbers(client: httpx.Client) -> None:
     spec = DATA.spec("spec", {**METRICS, "CONSOLE_FRACTION": 0.5})
     spec["config"]["EXPERIMENT"] = {"NOTES": "n", "WANDB": {"ENABLED": False}, "EXTRA": {"lr": 0.001, "n": [1, 2]}}
