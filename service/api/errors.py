@@ -35,7 +35,7 @@ STATUS: dict[type[Exception], int] = {
     core.CheckpointPending: 408,
     BodyTooLarge: 413,
     core.LimitExceeded: 429,
-    core.StoreUnavailable: 503,
+    core.StoreError: 503,
 }
 
 

@@ -16,7 +16,10 @@
     │   └── SnapshotVersionMismatch
     ├── CheckpointPending       not every rank's marker is in yet
     ├── LimitExceeded           a configured bound was hit
-    └── StoreUnavailable        the durable store cannot take writes
+    └── StoreError              the durable store (service/storage) refused or failed
+        ├── StoreUnavailable    the store cannot take writes (disk full, database down)
+        ├── StoreFenced         the writer's lease on the run is lost (another replica owns it)
+        └── StoreDamaged        one run's stored data cannot be decoded (that run only)
 """
 
 from __future__ import annotations
@@ -94,5 +97,25 @@ class LimitExceeded(ServiceError):
     """A configured limit was hit."""
 
 
-class StoreUnavailable(ServiceError):
-    """The durable store cannot take writes (disk full, corrupt file)."""
+class StoreError(ServiceError):
+    """The durable store refused or failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The durable store cannot take writes (disk full, corrupt file, database down)."""
+
+
+class StoreFenced(StoreError):
+    """A write carried a fencing token that is not the run's current, unexpired lease.
+
+    The writer lost its lease (it was paused, partitioned or slow, and another replica
+    took the run over): it must stop writing for that run.
+    """
+
+
+class StoreDamaged(StoreError):
+    """One run's stored data cannot be decoded; the other runs are not affected."""
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id

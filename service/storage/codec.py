@@ -1,0 +1,54 @@
+"""What both stores write and read back: msgpack documents and one run's stored records.
+
+Decoding happens per run: a row that cannot be decoded raises StoreDamaged naming the run
+and the row, so one damaged run never keeps the others from loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from service.core.errors import StoreDamaged
+
+
+@dataclass
+class StoredRun:
+    """What recovery needs of one run: its image (if any) and the commands after it."""
+
+    run_id: str
+    image: dict[str, Any] | None
+    commands: list[tuple[int, str, dict[str, Any]]]
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack with bytes kept as bytes."""
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
+
+
+def unpack(data: bytes) -> Any:
+    """Inverse of ``pack``."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def decode_document(run_id: str, what: str, data: bytes) -> dict[str, Any]:
+    """One stored document of ``run_id``; StoreDamaged names ``what`` when it cannot be decoded."""
+    try:
+        decoded = unpack(bytes(data))
+    except Exception as exc:  # msgpack raises several unrelated types for damaged bytes
+        raise StoreDamaged(f"run {run_id!r}: {what} cannot be decoded ({type(exc).__name__}: {exc})", run_id) from exc
+    if not isinstance(decoded, dict):
+        raise StoreDamaged(f"run {run_id!r}: {what} is a {type(decoded).__name__}, not a document", run_id)
+    return decoded
+
+
+def decode_run(run_id: str, image: bytes | None, rows: Iterable[tuple[int, str, bytes]]) -> StoredRun:
+    """A run's image and journal rows, decoded."""
+    decoded_image = None if image is None else decode_document(run_id, "recovery image", image)
+    commands = [(int(i), str(kind), decode_document(run_id, f"journal row {i} ({kind})", body))
+                for i, kind, body in rows]
+    return StoredRun(run_id, decoded_image, commands)
