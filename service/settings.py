@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     checkpoint_wait_max_s: float = Field(60.0, gt=0)
     snapshot_every_events: int = Field(5_000, ge=1)
     sqlite_synchronous: str = Field("FULL", pattern="^(FULL|NORMAL)$")
+    # scale-out (DESIGN §10): a PostgreSQL URL shares the durable state between replicas
+    store: str | None = Field(None, pattern=r"^postgres(ql)?://")
+    store_connect_timeout_s: float = Field(5.0, gt=0)
+    replica_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    advertised_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    lease_ttl_s: float = Field(5.0, ge=0.5, le=300)
     wandb_enabled: bool = True
     wandb_mode: str | None = Field(None, pattern="^(online|offline|disabled)$")
     console_enabled: bool = True

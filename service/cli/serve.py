@@ -27,13 +27,18 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--config", help="YAML settings file (keys as in Settings)")
     serve.add_argument("--auth-token", action="append", dest="auth_tokens", help="bearer token (repeatable)")
     serve.add_argument("--log-level", help="critical|error|warning|info|debug")
+    serve.add_argument("--store", help="postgresql://... shares state between replicas (default: SQLite in data dir)")
+    serve.add_argument("--replica-id", help="this replica's id among those sharing the store (default: host-pid-rnd)")
+    serve.add_argument("--advertised-url", help="where other replicas send clients for runs this one owns")
+    serve.add_argument("--lease-ttl-s", type=float, help="how long a run's lease lasts without renewal (default 5)")
     serve.set_defaults(func=_serve)
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
     """Flags over environment over the settings file over defaults."""
     values = {k: v for k, v in _file_values(args.config).items() if f"{ENV_PREFIX}{k.upper()}" not in os.environ}
-    flags = {k: getattr(args, k) for k in ("host", "port", "data_dir", "auth_tokens", "log_level")}
+    flags = {k: getattr(args, k, None) for k in ("host", "port", "data_dir", "auth_tokens", "log_level", "store",
+                                              "replica_id", "advertised_url", "lease_ttl_s")}
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
         return Settings(**values)
