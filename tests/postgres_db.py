@@ -60,3 +60,20 @@ def postgres_url() -> Iterator[str]:
     """A fresh database on the test server, for one test."""
     with fresh_database() as url:
         yield url
+
+
+def server_address(url: str) -> tuple[str, int]:
+    """(host, port) of the server a URL points at."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(url)
+    return str(parts.get("host") or "127.0.0.1"), int(parts.get("port") or 5432)
+
+
+def with_port(url: str, port: int) -> str:
+    """The same database reached on 127.0.0.1:``port`` (a proxy in front of the server)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(url)
+    user = parts.get("user", "postgres") + (f":{parts['password']}" if parts.get("password") else "")
+    return f"postgresql://{user}@127.0.0.1:{port}/{parts['dbname']}"

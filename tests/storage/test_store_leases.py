@@ -13,7 +13,7 @@ import pytest
 from service.core.errors import StoreFenced, StoreUnavailable
 from service.storage.lease import Lease
 from service.storage.postgres import PostgresStore
-from tests.postgres_db import fresh_database
+from tests.postgres_db import fresh_database, server_address, with_port
 
 SHORT_S = 0.4
 
@@ -166,3 +166,23 @@ def test_a_lost_connection_is_unavailable_then_reopened(url: str) -> None:
 def test_an_unreachable_database_is_unavailable() -> None:
     with pytest.raises(StoreUnavailable, match=r"store postgresql 127\.0\.0\.1:1/none"):
         PostgresStore("postgresql://postgres@127.0.0.1:1/none", connect_timeout_s=1)
+
+
+def test_a_database_cut_off_is_unavailable_until_it_returns(url: str) -> None:
+    from tests.tcp_proxy import TcpProxy
+
+    with TcpProxy(*server_address(url)) as proxy:
+        store = PostgresStore(with_port(url, proxy.port), connect_timeout_s=2)
+        lease = _take(store, "a")
+        store.append("r", "create", {}, token=lease.token)
+        proxy.cut()
+        for _ in range(2):  # the broken connection, then a refused reconnect
+            with pytest.raises(StoreUnavailable):
+                store.append("r", "events", {"lost": True}, token=lease.token)
+        with pytest.raises(StoreUnavailable):
+            store.probe()
+        proxy.restore()
+        store.probe()
+        store.append("r", "events", {"seq": 0}, token=lease.token)
+        assert [p for _, _, p in store.load_run("r").commands] == [{}, {"seq": 0}]
+        store.close()
