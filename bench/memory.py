@@ -19,8 +19,8 @@ Run: ``.venv/bin/python bench/memory.py [--steps 100000]``
 from __future__ import annotations
 
 import argparse
-import os
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time

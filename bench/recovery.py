@@ -1,10 +1,10 @@
 """Issue 5's figures: snapshot size and time, and recovery time, for a 100k-step run.
 
-The run is fed straight into ``service.core.registry.RunRegistry`` with a
+The run is fed straight into ``service.core.host.RunHost`` with a
 ``service.storage.sqlite.SqliteStore`` (durable, synchronous=FULL) in a tmp dir, bypassing
 HTTP: events are the wire's decoded dataclasses (``client._wire.BatchEvent`` ...), as the
 service's ingest route would hand them over, delivered per rank in chunks of 64 events
-with the registry's exactly-once ``ingest(run, session, seq, events)``.
+with the host's exactly-once ``ingest(run, session, seq, events)``.
 
 Run: 100,000 steps, 2 ranks, batches of 32 samples, 3 tasks (10/100/1,000 classes, null
 class 0), one subset family (rarity, 3 labels); each rank logs its learning rate (2 param
@@ -12,9 +12,9 @@ groups) every step; schedule STEP_INTERVAL 10, WANDB_INTERVAL 100, LR_INTERVAL 1
 train epoch and one validation epoch (4 val batches per rank) every 10,000 steps.
 
 Fed twice: with the default image interval (settings ``snapshot_every_events=5000`` ->
-``RunRegistry(image_every_events=5000)``) and with no images (journal only). Reported:
-``len(json.dumps(registry.snapshot(run)))``, its msgpack size, the SQLite file size, the
-time to take a snapshot, and the time for a new registry to ``recover(store.load())``.
+``RunHost(image_every_events=5000)``) and with no images (journal only). Reported:
+``len(json.dumps(host.snapshot(run)))``, its msgpack size, the SQLite file size, the
+time to take a snapshot, and the time for a new host to ``recover(store.load())``.
 
 Run: ``.venv/bin/python bench/recovery.py [--steps 100000]``
 """
@@ -37,7 +37,7 @@ import msgpack
 import numpy as np
 
 from client._wire import BatchEvent, CompleteEvent, EndEpochEvent, Event, ScalarEvent
-from service.core.registry import RunRegistry
+from service.runtime.host import RunHost
 from service.storage.sqlite import SqliteStore
 
 RUN_ID = "issue5"
@@ -96,10 +96,10 @@ def rank_stream(rank: int, steps: int) -> Iterator[Event]:
     yield CompleteEvent(steps)
 
 
-def feed(registry: RunRegistry, steps: int) -> tuple[float, int]:
+def feed(host: RunHost, steps: int) -> tuple[float, int]:
     """Deliver both ranks' streams chunk by chunk, alternating ranks; returns (seconds, events)."""
-    registry.create_run(spec(steps))
-    sessions = [registry.open_session(RUN_ID, r)["session"] for r in range(WORLD)]
+    host.create_run(spec(steps))
+    sessions = [host.open_session(RUN_ID, r)["session"] for r in range(WORLD)]
     streams = [rank_stream(r, steps) for r in range(WORLD)]
     seqs = [0] * WORLD
     events = 0
@@ -111,7 +111,7 @@ def feed(registry: RunRegistry, steps: int) -> tuple[float, int]:
             if not chunk:
                 live.discard(rank)
                 continue
-            registry.ingest(RUN_ID, sessions[rank], seqs[rank], chunk)
+            host.ingest(RUN_ID, sessions[rank], seqs[rank], chunk)
             seqs[rank] += len(chunk)
             events += len(chunk)
     return time.perf_counter() - start, events
@@ -122,11 +122,11 @@ def file_bytes(path: Path) -> int:
 
 
 class TeeStore:
-    """The registry's store, whose journal is also copied into a second, image-free store.
+    """The host's store, whose journal is also copied into a second, image-free store.
 
     One feed then yields both stores: ``primary`` gets images every ``image_every_events``
     (which delete the journal before them), ``journal`` keeps every command, exactly the
-    store a registry without images would have written. Time spent copying is measured so
+    store a host without images would have written. Time spent copying is measured so
     it can be taken out of the ingest time.
     """
 
@@ -162,15 +162,15 @@ def feed_both(steps: int, tmp: Path) -> tuple[dict[str, Any], dict[float, Path],
     """Feed the run once (images every 5,000 events, journal teed); returns figures, stores, metrics."""
     paths = {DEFAULT_IMAGES: tmp / "images" / "metrics.sqlite3", NO_IMAGES: tmp / "journal" / "metrics.sqlite3"}
     tee = TeeStore(SqliteStore(paths[DEFAULT_IMAGES], "FULL"), SqliteStore(paths[NO_IMAGES], "FULL"))
-    registry = RunRegistry([], store=tee, image_every_events=DEFAULT_IMAGES)
+    host = RunHost([], store=tee, image_every_events=DEFAULT_IMAGES)
     out: dict[str, Any] = {}
-    total_s, out["events"] = feed(registry, steps)
+    total_s, out["events"] = feed(host, steps)
     out["ingest_s"] = total_s - tee.copy_s
-    out["image_writes"], out["image_write_s"] = registry.image_writes, registry.image_seconds
+    out["image_writes"], out["image_write_s"] = host.image_writes, host.image_seconds
     snap_times, json_times = [], []
     for _ in range(5):
         start = time.perf_counter()
-        snapshot = registry.snapshot(RUN_ID)
+        snapshot = host.snapshot(RUN_ID)
         snap_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         text = json.dumps(snapshot)
@@ -179,7 +179,7 @@ def feed_both(steps: int, tmp: Path) -> tuple[dict[str, Any], dict[float, Path],
     out["json_bytes"] = len(text)
     out["msgpack_bytes"] = len(msgpack.packb(snapshot, use_bin_type=True))
     out["sqlite_live"] = {k: file_bytes(p) for k, p in paths.items()}
-    expected = registry.metrics(RUN_ID)
+    expected = host.metrics(RUN_ID)
     out["keys"] = len(expected["metrics"])
     tee.primary.close()
     tee.journal.close()
@@ -188,11 +188,11 @@ def feed_both(steps: int, tmp: Path) -> tuple[dict[str, Any], dict[float, Path],
 
 
 def recover(path: Path, image_every: int, repeats: int, expected: dict[str, Any]) -> tuple[float, bool]:
-    """Median time for a new registry to recover from the store at ``path``; and whether it matches."""
+    """Median time for a new host to recover from the store at ``path``; and whether it matches."""
     times, same = [], True
     for _ in range(repeats):
         store = SqliteStore(path, "FULL")
-        fresh = RunRegistry([], store=store, image_every_events=image_every)
+        fresh = RunHost([], store=store, image_every_events=image_every)
         start = time.perf_counter()
         fresh.recover(store.load())
         times.append(time.perf_counter() - start)
@@ -218,7 +218,7 @@ def main() -> int:
 
 
 def report(fed: dict[str, Any], recovered: dict[int, tuple[float, bool]], steps: int) -> None:
-    c.print_header("recovery (issue 5): snapshot size/time and recovery time, RunRegistry + SqliteStore direct",
+    c.print_header("recovery (issue 5): snapshot size/time and recovery time, RunHost + SqliteStore direct",
                    [f"{steps:,} steps, {WORLD} ranks, batches of {BATCH}, 3 tasks (10/100/1,000 classes), subsets "
                     "rarity x3, LR every step; STEP_INTERVAL 10, WANDB_INTERVAL 100, LR_INTERVAL 100; "
                     f"val epoch every {EPOCH_STEPS:,} steps",
@@ -229,9 +229,9 @@ def report(fed: dict[str, Any], recovered: dict[int, tuple[float, bool]], steps:
                     f"train samples/s), of which {fed['image_writes']} image writes took {fed['image_write_s']:.1f} s"])
     print(f"snapshot of the run at step {steps:,} ({fed['keys']} metric keys):")
     print(c.table(["figure", "value"], [
-        ["len(json.dumps(registry.snapshot(run)))", f"{fed['json_bytes']:,} B ({fed['json_bytes'] / 2**20:.2f} MiB)"],
+        ["len(json.dumps(host.snapshot(run)))", f"{fed['json_bytes']:,} B ({fed['json_bytes'] / 2**20:.2f} MiB)"],
         ["msgpack size of the snapshot", f"{fed['msgpack_bytes']:,} B ({fed['msgpack_bytes'] / 2**20:.2f} MiB)"],
-        ["registry.snapshot(run) time (median of 5)", f"{fed['snapshot_s'] * 1e3:.1f} ms"],
+        ["host.snapshot(run) time (median of 5)", f"{fed['snapshot_s'] * 1e3:.1f} ms"],
         ["json.dumps of the snapshot (median of 5)", f"{fed['json_s'] * 1e3:.1f} ms"],
     ]))
     print()

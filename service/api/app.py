@@ -16,7 +16,7 @@ from service.api.routes import health, ingest, metrics, runs, snapshots
 from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
 from service.core.errors import StoreUnavailable
-from service.core.registry import RunRegistry
+from service.runtime.host import RunHost
 from service.settings import Settings
 from service.storage.sqlite import SqliteStore
 
@@ -50,10 +50,10 @@ def _open_store(settings: Settings, app: FastAPI) -> SqliteStore | None:
         return None
 
 
-def _recover(registry: RunRegistry, store: SqliteStore, app: FastAPI) -> None:
+def _recover(host: RunHost, store: SqliteStore, app: FastAPI) -> None:
     started = time.monotonic()
     try:
-        count = registry.recover(store.load())
+        count = host.recover(store.load())
     except Exception as exc:  # a damaged journal must leave the service up but not ready
         log.exception("recovery failed; the service stays not ready")
         app.state.not_ready_reason = f"recovery failed: {type(exc).__name__}: {exc}"
@@ -61,13 +61,6 @@ def _recover(registry: RunRegistry, store: SqliteStore, app: FastAPI) -> None:
     app.state.recovery_s = time.monotonic() - started
     log.info("recovered %d run(s) in %.3f s", count, app.state.recovery_s)
     app.state.ready = True
-
-
-def _final_images(registry: RunRegistry) -> None:
-    for run_id in registry.run_ids():
-        run = registry.get(run_id)
-        with run.lock:
-            registry.write_image(run)
 
 
 def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = None) -> FastAPI:
@@ -83,12 +76,12 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chosen = list(sinks) if sinks is not None else default_sinks(settings)
         store = app.state.store = _open_store(settings, app)
-        registry = app.state.registry = RunRegistry(
+        host = app.state.host = RunHost(
             chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
             image_every_events=settings.snapshot_every_events)
-        app.state.telemetry.watch(registry)
+        app.state.telemetry.watch(host)
         if store is not None:
-            await to_thread.run_sync(_recover, registry, store, app)
+            await to_thread.run_sync(_recover, host, store, app)
             app.state.telemetry.recovery.set(getattr(app.state, "recovery_s", 0.0))
         try:
             yield
@@ -99,7 +92,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
             for sink in chosen:
                 await to_thread.run_sync(sink.close, settings.shutdown_timeout_s)
             if store is not None and app.state.not_ready_reason is None:
-                await to_thread.run_sync(_final_images, registry)
+                await to_thread.run_sync(host.write_images)
                 store.close()
 
     app = FastAPI(title="linnaeus-metrics", version="0.1.0", lifespan=lifespan,

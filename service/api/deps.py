@@ -6,14 +6,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.core.registry import RunRegistry
+from service.runtime.host import RunHost
 from service.settings import Settings
 
 
-def get_registry(request: Request) -> RunRegistry:
-    """The app's registry (set by the lifespan)."""
-    registry: RunRegistry = request.app.state.registry
-    return registry
+def get_host(request: Request) -> RunHost:
+    """The app's run host (set by the lifespan)."""
+    host: RunHost = request.app.state.host
+    return host
 
 
 def get_settings(request: Request) -> Settings:
@@ -22,5 +22,5 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-RegistryDep = Annotated[RunRegistry, Depends(get_registry)]
+HostDep = Annotated[RunHost, Depends(get_host)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,7 +1,7 @@
 """The service's own Prometheus metrics (``GET /metrics``).
 
 Write cheap, read expensive: requests are counted by a tiny ASGI middleware; run and
-sink figures are read from the registry only when Prometheus scrapes.
+sink figures are read from the run host only when Prometheus scrapes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Telemetry:
                               registry=self.registry)
 
     def watch(self, source: Any) -> None:
-        """Read run and sink figures from ``source`` (a RunRegistry) at scrape time."""
+        """Read run and sink figures from ``source`` (the RunHost) at scrape time."""
         self.registry.register(_RegistryCollector(source))
 
 

@@ -18,6 +18,7 @@ phases). Subset metrics live under ``<phase>/subset/<family>/<label>/``.
 
 from __future__ import annotations
 
+from service.core.emission import Direction, MetricId
 from service.core.errors import InvalidInput
 
 WINDOWS = ("step", "step_avg", "epoch")
@@ -73,3 +74,61 @@ def _window_key(name: str, phase: str, window: str, family: str | None, label: s
     if family is not None:
         return f"{phase}/subset/{family}/{label}/{name}"
     return f"{phase}/{name}"
+
+
+# ---------------------------------------------------------------- identities (what a key means)
+
+_PER_TASK = ("acc1", "acc3", "loss")
+_RATES = ("samples_per_sec", "eta_sec", "epoch_duration_sec", "avg_samples_per_sec")
+_CORE_DIRECTIONS: dict[str, Direction] = {
+    "train_loss": "min", "val_loss": "min", "train_chain_acc": "max", "val_chain_acc": "max",
+    "train_partial_chain_acc": "max", "val_partial_chain_acc": "max", "val_acc1": "max"}
+
+
+def direction_of(statistic: str) -> Direction:
+    """Best tracking of a window statistic: losses go down, accuracies up.
+
+    >>> direction_of("loss"), direction_of("acc3"), direction_of("samples_per_sec")
+    ('min', 'max', None)
+    """
+    if statistic == "loss":
+        return "min"
+    if statistic in ("acc1", "acc3", "chain_accuracy", "partial_chain_accuracy"):
+        return "max"
+    return None
+
+
+def window_metric(suffix: str, *, phase: str, window: str, family: str | None = None,
+                  label: str | None = None) -> MetricId:
+    """The identity of a window value whose accumulator suffix is ``suffix``.
+
+    >>> m = window_metric("acc1_taxa_L10", phase="val", window="epoch", family="rarity", label="rare")
+    >>> (m.key, m.statistic, m.task, m.direction)
+    ('val/subset/rarity/rare/acc1_taxa_L10', 'acc1', 'taxa_L10', 'max')
+    """
+    head, sep, rest = suffix.partition("_")
+    statistic, task = (head, rest) if sep and head in _PER_TASK else (suffix, None)
+    kind = "rate" if suffix in _RATES else "window"
+    key = metric_key("window", suffix, phase=phase, window=window, family=family, label=label)
+    return MetricId(key, kind, statistic, phase, window, task, family, label, direction_of(statistic))
+
+
+def scalar_metric(kind: str, name: str, higher_is_better: bool | None = None) -> MetricId:
+    """The identity of an lr/pipeline/gradnorm/custom scalar."""
+    direction: Direction = None if higher_is_better is None else ("max" if higher_is_better else "min")
+    return MetricId(metric_key(kind, name), kind, name, direction=direction)
+
+
+def core_metric(name: str, task: str | None = None) -> MetricId:
+    """The identity of a ``core/`` key (``core/train_loss``, ``core/val_acc1/<task>``, ...)."""
+    phase = name.split("_", 1)[0] if name.startswith(("train_", "val_")) else None
+    return MetricId(metric_key("core", name, task=task), "core", name, phase=phase, task=task,
+                    direction=_CORE_DIRECTIONS.get(name))
+
+
+def final_metric(name: str, phase: str, higher_is_better: bool) -> MetricId:
+    """The identity of a ``final_*`` summary value (the best of an epoch-level metric)."""
+    head, sep, rest = name.partition("_")
+    statistic, task = (head, rest) if sep and head in _PER_TASK else (name, None)
+    return MetricId(metric_key("final", name, phase=phase), "final", statistic, phase=phase, task=task,
+                    direction="max" if higher_is_better else "min")

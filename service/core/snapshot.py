@@ -14,7 +14,7 @@ from typing import Any
 
 from client._wire import WireError
 from service.core.errors import IncompatibleState, SnapshotVersionMismatch
-from service.core.run import RunState
+from service.core.run_state import RunState
 from service.core.spec import RunSpec
 
 FORMAT = "linnaeus-metrics/snapshot"

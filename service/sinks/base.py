@@ -1,7 +1,7 @@
-"""The interface every sink implements (defined in core so the registry can name it)."""
+"""The interface every sink implements (defined in core so the runtime can name it)."""
 
 from __future__ import annotations
 
-from service.core.emission import Emission, Sink
+from service.core.emission import Emission, Notice, Sink
 
-__all__ = ["Emission", "Sink"]
+__all__ = ["Emission", "Notice", "Sink"]

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from service.core.emission import Emission
+from service.core.emission import Emission, Notice
 
 LOGGER_NAME = "linnaeus_metrics.console"
 _HEADLINE = ("loss", "chain_accuracy", "partial_chain_accuracy")
@@ -57,6 +57,9 @@ class ConsoleSink:
             self._log.debug("console sink: cannot format the summary of %s", run_id, exc_info=True)
         return "finished"
 
+    def notice(self, notice: Notice) -> None:
+        """Status changes are logged by the runtime itself."""
+
     def delete_run(self, run_id: str) -> None:
         with self._lock:
             self._total_steps.pop(run_id, None)
@@ -74,24 +77,29 @@ class ConsoleSink:
 
 
 def progress_line(emission: Emission, total_steps: int) -> str:
-    """The line of a console emission (keys ``train/loss``, ``train/eta_sec``, ...)."""
-    values = emission.values
+    """The line of a console emission: the global train values and rates."""
+    values = global_values(emission, "train")
     step = f"step {emission.step}/{total_steps}" if total_steps else f"step {emission.step}"
-    parts = [f"run {emission.run_id}", step, *_headline(values, "train/")]
-    if _number(values.get("train/samples_per_sec")):
-        parts.append(f"{values['train/samples_per_sec']:.1f} samples/s")
-    if _number(values.get("train/eta_sec")):
-        parts.append(f"eta {_duration(values['train/eta_sec'])}")
+    parts = [f"run {emission.run_id}", step, *_headline(values)]
+    if _number(values.get("samples_per_sec")):
+        parts.append(f"{values['samples_per_sec']:.1f} samples/s")
+    if _number(values.get("eta_sec")):
+        parts.append(f"eta {_duration(values['eta_sec'])}")
     return " ".join(parts)
+
+
+def global_values(emission: Emission, phase: str) -> dict[str, Any]:
+    """``{statistic: value}`` of the emission's global (not per-task, not subset) values of ``phase``."""
+    return {m.statistic: emission.values[key] for key, m in emission.metrics.items()
+            if key in emission.values and m.phase == phase and m.task is None and m.family is None}
 
 
 def epoch_line(emission: Emission) -> str:
     """The line of a closed epoch: headline values of every phase in the emission."""
-    phases = sorted({key.split("/", 1)[0] for key in emission.values if "/" in key})
+    phases = sorted({m.phase for m in emission.metrics.values() if m.phase is not None})
     shown = []
     for phase in phases:
-        prefix = "train/epoch_" if phase == "train" else f"{phase}/"
-        headline = _headline(emission.values, prefix)
+        headline = _headline(global_values(emission, phase))
         if headline:
             shown.append(" ".join([phase, *headline]))
     body = " | ".join(shown) or f"{len(emission.values)} values"
@@ -108,13 +116,9 @@ def finish_line(run_id: str, summary: Mapping[str, float]) -> str:
     return f"run {run_id} finished: " + (" ".join(parts) or "no final values")
 
 
-def _headline(values: Mapping[str, Any], prefix: str) -> list[str]:
+def _headline(values: Mapping[str, Any]) -> list[str]:
     labels = {"loss": "loss", "chain_accuracy": "chain", "partial_chain_accuracy": "partial"}
-    return [
-        f"{labels[name]} {_format(name, values[prefix + name])}"
-        for name in _HEADLINE
-        if _number(values.get(prefix + name))
-    ]
+    return [f"{labels[name]} {_format(name, values[name])}" for name in _HEADLINE if _number(values.get(name))]
 
 
 def _format(name: str, value: float) -> str:

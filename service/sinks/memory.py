@@ -6,7 +6,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from service.core.emission import Emission
+from service.core.emission import Emission, Notice
 
 
 class MemorySink:
@@ -19,6 +19,7 @@ class MemorySink:
         self.emissions: dict[str, list[Emission]] = {}
         self.specs: dict[str, Mapping[str, Any]] = {}
         self.finished: dict[str, Mapping[str, float]] = {}
+        self.notices: dict[str, list[Notice]] = {}
 
     def open_run(self, run_id: str, spec: Mapping[str, Any]) -> None:
         with self._cond:
@@ -29,6 +30,11 @@ class MemorySink:
         with self._cond:
             for emission in emissions:
                 self.emissions.setdefault(emission.run_id, []).append(emission)
+            self._cond.notify_all()
+
+    def notice(self, notice: Notice) -> None:
+        with self._cond:
+            self.notices.setdefault(notice.run_id, []).append(notice)
             self._cond.notify_all()
 
     def finish_run(self, run_id: str, summary: Mapping[str, float], timeout_s: float) -> str:

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.core.emission import Emission
+from service.core.emission import Emission, Notice
 from service.core.errors import ConfigError
 from service.core.experiment import WandbOptions, resolve_wandb_options, without_secrets
-from service.sinks.wandb_rows import Rows, summary_kind
+from service.sinks.wandb_rows import Rows
 
 _log = logging.getLogger(__name__)
 
@@ -241,6 +241,9 @@ class WandbSink:
                 return run.outcome or "finished"
             return f"failed: {run.last_error}" if run.last_error else "timeout"
 
+    def notice(self, notice: Notice) -> None:
+        """Status changes do not reach wandb (its rows and summary carry the values)."""
+
     def delete_run(self, run_id: str) -> None:
         """Forget the run; its wandb run is finished in the background, files are kept."""
         with self._cond:
@@ -395,7 +398,8 @@ class WandbSink:
     def _log_row(self, run: _Run, step: int, row: dict[str, Any]) -> None:
         for key in row:
             if key not in run.defined:
-                kind = summary_kind(key)
+                with self._cond:
+                    kind = run.rows.directions.get(key)
                 if kind is not None:
                     run.wandb_run.define_metric(key, summary=kind)
                 run.defined.add(key)

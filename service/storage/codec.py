@@ -7,21 +7,12 @@ and the row, so one damaged run never keeps the others from loading.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from service.core.errors import StoreDamaged
-
-
-@dataclass
-class StoredRun:
-    """What recovery needs of one run: its image (if any) and the commands after it."""
-
-    run_id: str
-    image: dict[str, Any] | None
-    commands: list[tuple[int, str, dict[str, Any]]]
+from service.storage.base import StoredRun
 
 
 def pack(obj: Any) -> bytes:

@@ -26,7 +26,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from service.core.errors import StoreFenced, StoreUnavailable
-from service.storage.codec import StoredRun, decode_document, decode_run, pack
+from service.storage.base import StoredRun
+from service.storage.codec import decode_document, decode_run, pack
 from service.storage.lease import Lease
 
 SCHEMA_VERSION = 1

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from service.core.errors import StoreUnavailable
-from service.storage.codec import StoredRun, decode_document, decode_run, pack
+from service.storage.base import StoredRun
+from service.storage.codec import decode_document, decode_run, pack
 from service.storage.lease import Lease
 
 log = logging.getLogger("linnaeus_metrics.storage")
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS blobs (
 
 
 class SqliteStore:
-    """One connection, one lock: writes are short transactions, serialised."""
+    """One connection, one lock: writes are short transactions, serialised (a ``Store``)."""
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path

@@ -13,7 +13,7 @@ import pytest
 import service.core
 
 FORBIDDEN = ("fastapi", "starlette", "httpx", "wandb", "uvicorn", "sqlite3", "service.api", "service.sinks",
-             "service.storage", "client._client", "client._transport", "client._worker")
+             "service.storage", "service.runtime", "client._client", "client._transport", "client._worker")
 CORE = Path(service.core.__file__).parent
 
 
@@ -49,7 +49,7 @@ def test_importing_the_core_loads_no_web_or_storage_module() -> None:
     import sys
 
     banned = ("httpx", "fastapi", "starlette", "wandb", "uvicorn", "sqlite3")
-    code = f"import sys, service.core.registry, service.core.snapshot; print([m for m in {banned} if m in sys.modules])"
+    code = f"import sys, service.core.run_commands, service.core.snapshot; print([m for m in {banned} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -55,7 +55,7 @@ class Trainer:
 def split_at(items: list[tuple[str, Any]], k: int) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
     """A rank's stream up to and including step k's train records, and the rest."""
     def is_train(kind: str, item: Any) -> bool:
-        return kind == "scalar" or kind == "batch" and item.phase == "train"
+        return kind == "scalar" or (kind == "batch" and item.phase == "train")
 
     def step(kind: str, item: Any) -> int:
         return int(item[2]) if kind == "scalar" else int(item.step)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from service.core.emission import Emission
+from service.core.emission import Emission, MetricId
+from service.core.naming import core_metric, scalar_metric, window_metric
 
 
 def spec(run_id: str, **experiment: Any) -> dict[str, Any]:
@@ -23,8 +24,33 @@ def spec(run_id: str, **experiment: Any) -> dict[str, Any]:
     }
 
 
-def em(run_id: str, step: int, group: str, values: dict[str, Any]) -> Emission:
-    return Emission(run_id=run_id, step=step, group=group, values=values)
+def em(run_id: str, step: int, group: str, values: dict[str, Any], carried: dict[str, Any] | None = None) -> Emission:
+    """An emission as the core builds it: every key with its identity (from the naming functions)."""
+    carried = carried or {}
+    metrics = {key: identify(key) for key in {**carried, **values}}
+    return Emission(run_id=run_id, step=step, group=group, values=values, metrics=metrics, carried=carried)
+
+
+def identify(key: str) -> MetricId:
+    """The identity the core gives ``key`` (test keys only: the core never parses keys)."""
+    head, _, rest = key.partition("/")
+    if key.startswith("final_"):
+        return MetricId(key, "final", key[len("final_"):], direction="min" if "loss" in key else "max")
+    if head == "core":
+        name, _, task = rest.partition("/")
+        return core_metric(name, task or None)
+    if head in ("pipeline", "gradnorm", "custom"):
+        return scalar_metric(head, rest)
+    if rest.startswith("lr/"):
+        return scalar_metric("lr", rest[3:])
+    family = label = None
+    if rest.startswith("subset/"):
+        family, label, rest = rest[len("subset/"):].split("/", 2)
+    window = "step" if head == "train" else "epoch"
+    for prefix, name in (("step_avg_", "step_avg"), ("epoch_", "epoch")):
+        if head == "train" and rest.startswith(prefix) and not rest.startswith("epoch_duration"):
+            window, rest = name, rest[len(prefix):]
+    return window_metric(rest, phase=head, window=window, family=family, label=label)
 
 
 class FakeRun:

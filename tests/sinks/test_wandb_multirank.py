@@ -8,7 +8,7 @@ from typing import Any
 
 import wandb
 
-from service.core.registry import RunRegistry
+from service.runtime.host import RunHost
 from service.sinks.wandb import WandbSink
 from tests.conftest import make_run, stream_events
 from tests.reference import expected_history, expected_summary
@@ -41,21 +41,21 @@ def _expected_rows(want: dict[str, list[tuple[int, float]]], last: int) -> dict[
 def test_offline_run_equals_reference(wandb_env: Path, tmp_path: Path) -> None:
     data = make_run(12, world_size=3, steps_per_epoch=7, epochs=2)
     sink = WandbSink(tmp_path / "data", mode="offline", retry_initial_s=0.01)
-    registry = RunRegistry([sink])
+    host = RunHost([sink])
     spec = data.spec("wb-run", METRICS)
     spec["config"]["EXPERIMENT"] = {"PROJECT": "linnaeus-test", "WANDB": {"RUN_ID": "wbrun1"}}
-    registry.create_run(spec)
+    host.create_run(spec)
     streams = {r: stream_events(data, r) for r in range(3)}
-    sessions = {r: registry.open_session("wb-run", r)["session"] for r in range(3)}
+    sessions = {r: host.open_session("wb-run", r)["session"] for r in range(3)}
     sent = dict.fromkeys(range(3), 0)
     rng = random.Random(12)
     while any(sent[r] < len(streams[r]) for r in range(3)):
         r = rng.choice([r for r in range(3) if sent[r] < len(streams[r])])
         chunk = streams[r][sent[r]:sent[r] + rng.randint(1, 5)]
-        registry.ingest("wb-run", sessions[r], sent[r], chunk)
+        host.ingest("wb-run", sessions[r], sent[r], chunk)
         sent[r] += len(chunk)
-    summary = registry.finish("wb-run")
-    assert registry.finish_sinks("wb-run", summary, 60.0) == {"wandb": "finished"}
+    summary = host.finish("wb-run")
+    assert host.finish_sinks("wb-run", summary, 60.0) == {"wandb": "finished"}
     sink.close(30.0)
     wandb.teardown()  # wandb-core writes the file's last block when its stream closes
     found = read_run(find_run_file(wandb_env, "wbrun1"))

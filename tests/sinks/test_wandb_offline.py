@@ -45,7 +45,7 @@ def realistic_sequence() -> tuple[list[Any], dict[int, dict[str, Any]]]:
         em(RUN, 10, "lr", {"train/lr/backbone": 1e-4}),
         em(RUN, 10, "console", {"train/loss": 2.5}),
         em(RUN, 20, "step", window20),
-        em(RUN, 20, "wandb", wandb20),
+        em(RUN, 20, "wandb", wandb20, carried=window20),
         em(RUN, 20, "lr", {"train/lr/backbone": 2e-4}),
         em(RUN, 20, "pipeline", {"pipeline/cache/size": 123.0}),
         em(RUN, 25, "gradnorm", {"gradnorm/avg_norm": 1.5, "gradnorm/weight/taxa_L10": 0.7}),
@@ -53,7 +53,7 @@ def realistic_sequence() -> tuple[list[Any], dict[int, dict[str, Any]]]:
         em(RUN, 30, "step", window30),
         em(RUN, 28, "epoch", epoch28),  # late: the epoch closed after step 30 was emitted
         em(RUN, 30, "lr", {"train/lr/backbone": 3e-4}),
-        em(RUN, 40, "wandb", wandb40),  # takes the latest step window at or before 40
+        em(RUN, 40, "wandb", wandb40, carried=window30),  # the core carries the latest window at or before 40
         em(RUN, 40, "final", {"final_val_loss": 1.9}),
     ]
     expected = {
@@ -96,8 +96,8 @@ def test_rows_summary_config_and_restore_reach_the_run_file(
             em(RUN, 30, "step", window30b),
             em(RUN, 30, "lr", {"train/lr/backbone": 3e-4}),
             em(RUN, 35, "gradnorm", {"gradnorm/avg_norm": 1.1}),
-            em(RUN, 40, "wandb", wandb40_again := {"core/global_step": 40}),
-            em(RUN, 50, "wandb", wandb50),
+            em(RUN, 40, "wandb", wandb40_again := {"core/global_step": 40}, carried=window30b),
+            em(RUN, 50, "wandb", wandb50, carried=window30b),
         ]
     )
     assert wandb40_again

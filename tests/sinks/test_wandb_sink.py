@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import logging
 import threading
 from pathlib import Path
@@ -10,7 +9,6 @@ from typing import Any
 
 import pytest
 
-import service.sinks.wandb as wandb_sink
 from service.sinks.wandb import WandbSink
 from tests.sinks.sink_fakes import BlockingRun, FakeRun, em, spec
 
@@ -23,10 +21,6 @@ def fake_sink(tmp_path: Path, run: FakeRun, closing: list[Any], **kwargs: Any) -
 
 def lr(run_id: str, step: int) -> Any:
     return em(run_id, step, "lr", {"train/lr/backbone": float(step)})
-
-
-def test_summary_kind_doctests() -> None:
-    assert doctest.testmod(wandb_sink).failed == 0
 
 
 def test_one_log_per_step_in_order_from_the_worker_only(tmp_path: Path, closing: list[Any]) -> None:
@@ -49,28 +43,26 @@ def test_one_log_per_step_in_order_from_the_worker_only(tmp_path: Path, closing:
     assert run.thread_names == {"linnaeus-wandb"}
 
 
-def test_wandb_rows_take_the_latest_step_window_at_or_before_their_step(
-    tmp_path: Path, closing: list[Any]
-) -> None:
+def test_wandb_rows_are_the_rows_the_core_hands_over(tmp_path: Path, closing: list[Any]) -> None:
+    """Step and console windows alone make no row; a wandb emission's carried window is in its row."""
     run = FakeRun()
     sink = fake_sink(tmp_path, run, closing)
     sink.open_run("r", spec("r"))
     sink.emit(
         [
-            em("r", 10, "step", {"train/loss": 1.0}),
             em("r", 20, "step", {"train/loss": 2.0}),
-            em("r", 25, "wandb", {"core/global_step": 25}),
+            em("r", 20, "console", {"train/loss": 2.0}),
+            em("r", 25, "wandb", {"core/global_step": 25}, carried={"train/loss": 2.0}),
             em("r", 30, "step", {"train/loss": 3.0}),
-            em("r", 30, "wandb", {"core/global_step": 30}),
-            em("r", 40, "wandb", {"core/global_step": 40}),
+            em("r", 40, "wandb", {"core/global_step": 40, "train/step_avg_loss": 2.5}, carried={"train/loss": 3.0}),
         ]
     )
     assert sink.finish_run("r", {}, timeout_s=10) == "finished"
     assert run.logged == [
         (25, {"train/loss": 2.0, "core/global_step": 25}),
-        (30, {"train/loss": 3.0, "core/global_step": 30}),
-        (40, {"train/loss": 3.0, "core/global_step": 40}),
+        (40, {"train/loss": 3.0, "core/global_step": 40, "train/step_avg_loss": 2.5}),
     ]
+    assert run.defined == {"train/loss": "min", "train/step_avg_loss": "min"}
 
 
 def test_emit_never_waits_for_a_blocked_log_and_drops_the_oldest_beyond_the_bound(

@@ -8,21 +8,21 @@ import pytest
 
 from client._wire import CheckpointEvent, CompleteEvent
 from service.core.errors import StoreUnavailable
-from service.core.registry import RunRegistry
+from service.runtime.host import RunHost
 from service.storage.sqlite import SqliteStore
 from tests.conftest import make_run, stream_events
-from tests.core.test_checkpoints import METRICS, Rank, _observable, _reference, _split
+from tests.runtime.test_checkpoints import METRICS, Rank, _observable, _reference, _split
 
 
-def _registry(path: Path, image_every: int) -> RunRegistry:
-    return RunRegistry(store=SqliteStore(path), image_every_events=image_every)
+def _host(path: Path, image_every: int) -> RunHost:
+    return RunHost(store=SqliteStore(path), image_every_events=image_every)
 
 
-def _recovered(path: Path, image_every: int) -> RunRegistry:
-    registry = _registry(path, image_every)
-    assert registry.store is not None
-    registry.recover(registry.store.load())  # type: ignore[attr-defined]
-    return registry
+def _recovered(path: Path, image_every: int) -> RunHost:
+    host = _host(path, image_every)
+    assert host.store is not None
+    host.recover(host.store.load())  # type: ignore[attr-defined]
+    return host
 
 
 @pytest.mark.parametrize("image_every", [1_000_000, 7])
@@ -30,7 +30,7 @@ def test_recovery_continues_exactly(tmp_path: Path, image_every: int) -> None:
     data = make_run(3, world_size=3, steps_per_epoch=7, epochs=2)
     want = _reference(data)
     path = tmp_path / "m.sqlite3"
-    live = _registry(path, image_every)
+    live = _host(path, image_every)
     live.create_run(data.spec("r", METRICS))
     ranks = [Rank(live, r) for r in range(3)]
     parts = [_split(data, r, 10) for r in range(3)]
@@ -44,7 +44,7 @@ def test_recovery_continues_exactly(tmp_path: Path, image_every: int) -> None:
     assert (again.snapshot("r"), again.info("r")["ranks"]) == before
     moved = [Rank.__new__(Rank) for _ in range(3)]
     for r, rank in enumerate(moved):
-        rank.registry, rank.rank, rank.session, rank.seq = again, r, ranks[r].session, ranks[r].seq
+        rank.host, rank.rank, rank.session, rank.seq = again, r, ranks[r].session, ranks[r].seq
     for r in (1, 2):
         moved[r].send(parts[r][0][-2:] + [CompleteEvent(10), CheckpointEvent("10")])
     assert again.checkpoint("r", "10")["cut"]["watermark"] == 10
@@ -61,7 +61,7 @@ def test_recovery_continues_exactly(tmp_path: Path, image_every: int) -> None:
 def test_restore_survives_recovery_with_compaction(tmp_path: Path) -> None:
     data = make_run(4, world_size=2, steps_per_epoch=5, epochs=2)
     path = tmp_path / "m.sqlite3"
-    live = _registry(path, 3)
+    live = _host(path, 3)
     live.create_run(data.spec("r", METRICS))
     for r in range(2):
         Rank(live, r).send(stream_events(data, r)[:9])
@@ -77,7 +77,7 @@ def test_restore_survives_recovery_with_compaction(tmp_path: Path) -> None:
 def test_delete_removes_the_run_from_the_store(tmp_path: Path) -> None:
     data = make_run(5, world_size=1, steps_per_epoch=3, epochs=1)
     path = tmp_path / "m.sqlite3"
-    live = _registry(path, 2)
+    live = _host(path, 2)
     live.create_run(data.spec("r", METRICS))
     Rank(live, 0).send(stream_events(data, 0))
     live.delete_run("r")
@@ -97,7 +97,7 @@ def test_disk_full_refuses_the_write_and_applies_nothing(tmp_path: Path) -> None
     # batches large enough that the delivery needs new pages (64 KiB each), not just free space in old ones
     data = make_run(6, world_size=1, steps_per_epoch=6, epochs=1, batch=(2000, 2000))
     path = tmp_path / "m.sqlite3"
-    live = _registry(path, 1_000_000)
+    live = _host(path, 1_000_000)
     live.create_run(data.spec("r", METRICS))
     rank = Rank(live, 0)
     events = stream_events(data, 0)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from client._wire import JSON_TYPE, MSGPACK_TYPE, BatchEvent, Event, decode_events, unpack_body
-from service.api.deps import RegistryDep, SettingsDep
+from service.api.deps import HostDep, SettingsDep
 from service.api.errors import BodyTooLarge
 from service.api.schemas import ERRORS, Ack, Delivery, SessionCreate, SessionOut
 from service.core.errors import InvalidInput
@@ -24,19 +24,19 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {
 
 
 @router.post("/sessions", response_model=SessionOut)
-async def open_session(run_id: str, body: SessionCreate, registry: RegistryDep) -> dict[str, Any]:
+async def open_session(run_id: str, body: SessionCreate, host: HostDep) -> dict[str, Any]:
     """Open a session for a rank; older sessions of that rank are fenced."""
-    return await to_thread.run_sync(registry.open_session, run_id, body.rank)
+    return await to_thread.run_sync(host.open_session, run_id, body.rank)
 
 
 @router.post("/events", response_model=Ack, openapi_extra=_BODY_DOC)
-async def post_events(run_id: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> dict[str, int]:
+async def post_events(run_id: str, request: Request, host: HostDep, settings: SettingsDep) -> dict[str, int]:
     """Deliver events exactly once; the reply acknowledges them as durable."""
-    registry.get(run_id)  # a dict lookup, no lock: refuse unknown runs before reading the body
+    host.get(run_id)  # a dict lookup, no lock: refuse unknown runs before reading the body
     raw = await read_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type", JSON_TYPE)
     delivery, events = await to_thread.run_sync(_decode, raw, content_type, settings)
-    return await to_thread.run_sync(registry.ingest, run_id, delivery.session, delivery.seq, events,
+    return await to_thread.run_sync(host.ingest, run_id, delivery.session, delivery.seq, events,
                                     (raw, content_type))
 
 

@@ -9,7 +9,7 @@ import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Path, Query
 
-from service.api.deps import RegistryDep, SettingsDep
+from service.api.deps import HostDep, SettingsDep
 from service.api.schemas import ERRORS, NAME, RestoreBody
 from service.core.errors import CheckpointPending
 
@@ -21,7 +21,7 @@ POLL_S = 0.02
 async def checkpoint(
     run_id: str,
     checkpoint_id: Annotated[str, Path(pattern=NAME)],
-    registry: RegistryDep,
+    host: HostDep,
     settings: SettingsDep,
     wait_s: Annotated[float, Query(ge=0, le=3600)] = 0.0,
 ) -> dict[str, Any]:
@@ -33,7 +33,7 @@ async def checkpoint(
     deadline = time.monotonic() + min(wait_s, settings.checkpoint_wait_max_s)
     while True:
         try:
-            return await to_thread.run_sync(registry.checkpoint, run_id, checkpoint_id)
+            return await to_thread.run_sync(host.checkpoint, run_id, checkpoint_id)
         except CheckpointPending:
             if time.monotonic() >= deadline:
                 raise
@@ -42,12 +42,12 @@ async def checkpoint(
 
 
 @router.get("/snapshot")
-async def snapshot(run_id: str, registry: RegistryDep) -> dict[str, Any]:
+async def snapshot(run_id: str, host: HostDep) -> dict[str, Any]:
     """A self-contained snapshot cut at every rank's current position."""
-    return await to_thread.run_sync(registry.snapshot, run_id)
+    return await to_thread.run_sync(host.snapshot, run_id)
 
 
 @router.post("/restore")
-async def restore(run_id: str, body: RestoreBody, registry: RegistryDep) -> dict[str, Any]:
+async def restore(run_id: str, body: RestoreBody, host: HostDep) -> dict[str, Any]:
     """Roll the run back to the snapshot's cut (validated: format, version, run spec)."""
-    return await to_thread.run_sync(registry.restore, run_id, body.session, body.snapshot)
+    return await to_thread.run_sync(host.restore, run_id, body.session, body.snapshot)

@@ -16,7 +16,7 @@ from tests.e2e.conftest import live_service as serve
 
 @dataclass
 class Live:
-    """A running service: its URL and the app (for the registry, in assertions only)."""
+    """A running service: its URL and the app (for the host, in assertions only)."""
 
     url: str
     app: Any
@@ -50,8 +50,8 @@ def _get(client: httpx.Client, path: str) -> Any:
     return reply.status_code, reply.json()
 
 
-def registry_state(app: Any) -> dict[str, Any]:
-    """Every run's snapshot and info straight from the registry (sink figures left out)."""
-    registry = app.state.registry
-    return {run_id: (registry.snapshot(run_id), {k: v for k, v in registry.info(run_id).items() if k != "sinks"})
-            for run_id in registry.run_ids()}
+def host_state(app: Any) -> dict[str, Any]:
+    """Every run's snapshot and info straight from the host (sink figures left out)."""
+    host = app.state.host
+    return {run_id: (host.snapshot(run_id), {k: v for k, v in host.info(run_id).items() if k != "sinks"})
+            for run_id in host.run_ids()}

@@ -25,7 +25,7 @@ from client._wire import EVENT_KINDS, JSON_TYPE, MSGPACK_TYPE, CheckpointEvent, 
 from service.settings import Settings
 from service.sinks.memory import MemorySink
 from tests.api.fuzz import _mutations as mut
-from tests.api.fuzz._live import fingerprint, live_service, registry_state
+from tests.api.fuzz._live import fingerprint, host_state, live_service
 from tests.api.fuzz._seed import DATA, METRICS, Seeded, delivery, describe, seed_run
 
 DAMAGED_EXAMPLES = 700
@@ -139,9 +139,9 @@ def test_damaged_deliveries_are_refused_cleanly(tmp_path: Path) -> None:
             CASES["damaged"] += 1
 
         fuzz()
-        before_restart = registry_state(live.app)
+        before_restart = host_state(live.app)
     with live_service(cfg, [MemorySink()]) as live:
-        assert registry_state(live.app) == before_restart
+        assert host_state(live.app) == before_restart
     print(f"damaged deliveries: {CASES['damaged']} cases in {time.monotonic() - started:.1f} s; "
           f"statuses {dict(bench.statuses)}; top refusals {bench.details.most_common(8)}")
     assert CASES["damaged"] >= DAMAGED_EXAMPLES * 0.9

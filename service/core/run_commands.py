@@ -1,8 +1,9 @@
 """One run's commands: sessions, deliveries, restores, finish (used live and on replay).
 
-Every command first checks (changing nothing), then calls ``commit`` (where the registry
-makes it durable) and only then mutates. Replaying the journal calls the same methods
-with a no-op ``commit``, so recovery follows exactly the code that produced the state.
+Every command has a check that changes nothing (``plan_*``/``check_*``) and an apply that
+never fails. The runtime makes a checked command durable between the two; replaying the
+journal applies the same commands, so recovery follows exactly the code that produced
+the state.
 
 Restore rule (DESIGN §3b): the run counts events only from sessions that loaded the
 current generation (the snapshot last restored; ``None`` before any restore). Loading
@@ -16,23 +17,28 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from client._wire import BatchEvent, Event
 from service.core.errors import CheckpointPending, InvalidInput
-from service.core.run import RunState
-from service.core.sessions import SessionTable
+from service.core.run_state import RunState
+from service.core.sessions import Session, SessionTable
 from service.core.snapshot import make_snapshot, open_snapshot
 from service.core.spec import RunSpec
 
-Commit = Callable[[], None]
 MAX_CHECKPOINTS_IN_MEMORY = 4
 
 
-def _no_commit() -> None:
-    """Replay: the command is already durable."""
+@dataclass(frozen=True)
+class DeliveryPlan:
+    """A checked delivery: which of its events are new and whether they count."""
+
+    session: Session
+    offset: int
+    fresh: Sequence[Event]
+    counted: bool
 
 
 @dataclass
@@ -49,34 +55,44 @@ class Run:
         ("events", "deliveries", "duplicates", "ignored", "samples", "restores", "resets"), 0))
     lock: threading.Lock = field(default_factory=threading.Lock)
     events_since_image: int = 0
+    new_checkpoints: list[str] = field(default_factory=list)  # taken, not yet persisted by the runtime
 
     # ------------------------------------------------------------ sessions
 
-    def open_session(self, rank: int, session_id: str, commit: Commit = _no_commit) -> None:
-        """Open a session for ``rank``; may return the run to its generation's snapshot."""
+    def check_session(self, rank: int) -> None:
+        """Raise InvalidInput unless ``rank`` is a rank of this run."""
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.spec.world_size:
             raise InvalidInput(f"rank: expected an integer in [0, {self.spec.world_size}), got {rank!r}")
+
+    def open_session(self, rank: int, session_id: str) -> list[str]:
+        """Open a session for ``rank`` (checked); returns the ids of the sessions it fenced.
+
+        May return the run to its generation's snapshot (see the module docstring).
+        """
         replaced = [s for s in self.sessions.live().values() if s.rank == rank]
-        commit()
         self.sessions.open(rank, session_id)
         attempt_died = any(s.restore_id == self.generation and s.applied for s in replaced)
         if self.generation is not None and attempt_died and self.base is not None:
             self._reset(open_snapshot(self.base, self.spec))
             self.counters["resets"] += 1
+        return [s.id for s in replaced]
 
     # ------------------------------------------------------------ deliveries
 
-    def deliver(self, session_id: str, seq: int, events: Sequence[Event],
-                commit: Commit = _no_commit) -> dict[str, int]:
-        """Apply a delivery exactly once; returns ``{acked_seq, applied, ignored}``."""
+    def plan_delivery(self, session_id: str, seq: int, events: Sequence[Event]) -> DeliveryPlan:
+        """Check a delivery (changes nothing); raises on an invalid one."""
         session = self.sessions.get(session_id)
         offset = self.sessions.fresh_offset(session, seq, len(events))
         fresh = events[offset:]
         counted = session.restore_id == self.generation
         if fresh and counted:
             self.state.check(session.rank, fresh)
+        return DeliveryPlan(session, offset, fresh, counted)
+
+    def apply_delivery(self, plan: DeliveryPlan) -> dict[str, int]:
+        """Apply a checked delivery; returns ``{acked_seq, applied, ignored}``."""
+        session, fresh, counted = plan.session, plan.fresh, plan.counted
         if fresh:
-            commit()
             if counted:
                 self.state.apply(session.rank, fresh)
                 session.applied += len(fresh)
@@ -84,9 +100,13 @@ class Run:
             self._count(fresh, counted)
             self._keep_checkpoints()
         self.counters["deliveries"] += 1
-        self.counters["duplicates"] += offset
+        self.counters["duplicates"] += plan.offset
         return {"acked_seq": session.next_seq, "applied": len(fresh) if counted else 0,
                 "ignored": 0 if counted else len(fresh)}
+
+    def deliver(self, session_id: str, seq: int, events: Sequence[Event]) -> dict[str, int]:
+        """Check and apply a delivery (replay, and callers that need no durability)."""
+        return self.apply_delivery(self.plan_delivery(session_id, seq, events))
 
     def _count(self, fresh: Sequence[Event], counted: bool) -> None:
         self.events_since_image += len(fresh)
@@ -99,6 +119,7 @@ class Run:
     def _keep_checkpoints(self) -> None:
         for checkpoint_id, state in self.state.cuts.drain_taken():
             self.checkpoints[checkpoint_id] = make_snapshot(self.spec, state, checkpoint_id)
+            self.new_checkpoints.append(checkpoint_id)
             while len(self.checkpoints) > MAX_CHECKPOINTS_IN_MEMORY:
                 self.checkpoints.popitem(last=False)
 
@@ -117,11 +138,18 @@ class Run:
         """A snapshot cut at every rank's current applied position."""
         return make_snapshot(self.spec, self.state.to_dict())
 
-    def restore(self, session_id: str, snapshot: Mapping[str, Any], commit: Commit = _no_commit) -> dict[str, Any]:
-        """Roll back to the snapshot's cut, or join its generation if it is the current one."""
+    def check_restore(self, session_id: str, snapshot: Mapping[str, Any]) -> RunState:
+        """Validate a snapshot against this run (changes nothing); returns its state."""
+        self.sessions.get(session_id)
+        return open_snapshot(snapshot, self.spec)
+
+    def restore(self, session_id: str, snapshot: Mapping[str, Any], state: RunState | None = None) -> dict[str, Any]:
+        """Roll back to the snapshot's cut, or join its generation if it is the current one.
+
+        ``state`` is what ``check_restore`` returned (opened again when not given).
+        """
+        state = state if state is not None else self.check_restore(session_id, snapshot)
         session = self.sessions.get(session_id)
-        state = open_snapshot(snapshot, self.spec)
-        commit()
         snapshot_id = str(snapshot["snapshot_id"])
         if snapshot_id != self.generation:
             self.generation, self.base = snapshot_id, dict(snapshot)
@@ -139,10 +167,9 @@ class Run:
 
     # ------------------------------------------------------------ finish
 
-    def finish(self, commit: Commit = _no_commit) -> dict[str, float]:
+    def finish(self) -> dict[str, float]:
         """Close windows and epochs and write the final summary (idempotent)."""
         if not self.state.finished:
-            commit()
             self.state.finish()
         return self.state.book.best_values()
 

@@ -11,70 +11,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from client._wire import (
-    SCALAR_KINDS,
     TRAIN_PHASE,
     BatchEvent,
     CheckpointEvent,
-    CompleteEvent,
     EndEpochEvent,
     Event,
     ScalarEvent,
     WireError,
     check_batches_against,
-    decode_event,
-    encode_event,
 )
+from service.core.buckets import FIRE_ORDER, WINDOW_GROUPS, StepBucket, Window
 from service.core.cuts import Cuts
-from service.core.emission import Emission
+from service.core.emission import Emission, MetricId
 from service.core.errors import InvalidInput, RunFinished, StepAlreadyCompleted
 from service.core.metrics_book import MetricsBook
-from service.core.naming import metric_key
+from service.core.naming import core_metric, final_metric, scalar_metric, window_metric
+from service.core.ranks import RankState
+from service.core.run_codec import state_from_dict, state_to_dict
 from service.core.scalars import ScalarTable
 from service.core.schedule import Schedule
 from service.core.spec import RunSpec
 from service.core.state import NULL_FAMILY, Accumulator, Layout, Metrics
-
-WINDOW_GROUPS = ("step", "wandb", "console")
-FIRE_ORDER = ("step", "wandb", "console", "lr", "pipeline")
-
-
-@dataclass
-class RankState:
-    """How far one rank has got."""
-
-    completed: int = -1
-    last_step: int = -1
-    ended: dict[str, set[int]] = field(default_factory=dict)
-
-    def copy(self) -> RankState:
-        """An independent copy (for checks that must not mutate)."""
-        return RankState(self.completed, self.last_step, {p: set(e) for p, e in self.ended.items()})
-
-    def see_step(self, step: int) -> None:
-        """A train record at ``step`` completes every earlier step."""
-        self.completed = max(self.completed, step - 1)
-        self.last_step = max(self.last_step, step)
-
-
-@dataclass
-class StepBucket:
-    """Records of one train step waiting for every rank to complete it."""
-
-    acc: Accumulator | None = None
-    scalars: dict[str, ScalarTable] = field(default_factory=dict)
-
-
-@dataclass
-class Window:
-    """An open window of a windowed group."""
-
-    acc: Accumulator
-    last_fire: int = 0
-    prev_t_max: float = -math.inf
 
 
 class RunState:
@@ -96,6 +56,8 @@ class RunState:
         self.higher_is_better: dict[str, bool] = {}
         self.book = MetricsBook()
         self.finished = False
+        self.last_window: tuple[int, dict[str, tuple[MetricId, float]]] | None = None  # for wandb rows
+        self.final_metrics: dict[str, MetricId] = {}
         self.outbox: list[Emission] = []
         self._deltas: dict[int, Accumulator] = {}  # batches of the delivery being applied, computed together
 
@@ -113,13 +75,13 @@ class RunState:
         state = self.accepted[rank].copy()
         for i, event in enumerate(events):
             self._check_one(state, event, f"events[{i}]")
-            _advance_rank(state, event)
+            state.advance(event)
 
     def _check_one(self, state: RankState, event: Event, where: str) -> None:
         if isinstance(event, BatchEvent):
             self._check_batch(state, event, where)
         elif isinstance(event, ScalarEvent):
-            _check_step(state, event.step, where)
+            state.check_step(event.step, where)
             self._check_directions(event, where)
 
     def _check_batch(self, state: RankState, batch: BatchEvent, where: str) -> None:
@@ -130,7 +92,7 @@ class RunState:
                 f"{where}.epoch: this rank already ended {batch.phase} epoch {batch.epoch}"
             )
         if batch.phase == TRAIN_PHASE:
-            _check_step(state, batch.step, where)
+            state.check_step(batch.step, where)
 
     def _check_directions(self, event: ScalarEvent, where: str) -> None:
         for name, higher in event.higher_is_better.items():
@@ -153,7 +115,7 @@ class RunState:
         self._deltas = self._precompute(rank, events)
         try:
             for event in events:
-                _advance_rank(self.accepted[rank], event)
+                self.accepted[rank].advance(event)
                 self._route(rank, event)
         finally:
             self._deltas = {}
@@ -196,7 +158,7 @@ class RunState:
             bucket = self.pending.setdefault(event.step, StepBucket())
             bucket.scalars.setdefault(event.kind, ScalarTable()).set(rank, event.values)
             self.higher_is_better.update(event.higher_is_better)
-        _advance_rank(state, event)
+        state.advance(event)
         if isinstance(event, EndEpochEvent):
             self._advance()
             self._maybe_close_epoch(event.phase, event.epoch)
@@ -273,21 +235,23 @@ class RunState:
         means = table.means()
         if not means:
             return
-        values = {metric_key(kind, name): value for name, value in means.items()}
-        self._emit(step, kind, values)
+        items = [(scalar_metric(kind, name, self.higher_is_better.get(name) if kind == "custom" else None), value)
+                 for name, value in means.items()]
+        self._emit(step, kind, items)
         if kind == "custom":
             for name, value in means.items():
                 if name in self.higher_is_better:
-                    self.book.offer_best(metric_key("final", name, phase="custom"), value,
-                                         self.higher_is_better[name])
+                    self._offer_best(final_metric(name, "custom", self.higher_is_better[name]), value)
 
     def _fire_window(self, group: str, step: int, window: str, global_only: bool = False) -> None:
         state = self.windows[group]
         if state.acc.n == 0:
             return
-        values = _keys(state.acc.compute(), TRAIN_PHASE, window, global_only)
-        values.update(self._rates(state, step))
-        self._emit(step, group, values)
+        items = window_values(state.acc.compute(), TRAIN_PHASE, window, global_only)
+        items += self._rates(state, step)
+        emission = self._emit(step, group, items)
+        if group == "step":
+            self.last_window = (step, {k: (emission.metrics[k], v) for k, v in emission.values.items()})
         self._reset(state, step)
 
     def _fire_wandb(self, step: int) -> None:
@@ -295,41 +259,42 @@ class RunState:
         if state.acc.n == 0:
             return
         metrics = state.acc.compute()
-        values = _keys(metrics, TRAIN_PHASE, "step_avg", global_only=True)
-        values.update(self._core_keys(metrics, step))
-        self._emit(step, "wandb", values)
+        items = window_values(metrics, TRAIN_PHASE, "step_avg", global_only=True)
+        items += self._core_values(metrics, step)
+        carried = self.last_window[1] if self.last_window is not None and self.last_window[0] <= step else {}
+        self._emit(step, "wandb", items, carried)
         self._reset(state, step)
 
-    def _core_keys(self, train: Metrics, step: int) -> dict[str, float]:
-        out = {metric_key("core", "global_step"): float(step)}
+    def _core_values(self, train: Metrics, step: int) -> list[tuple[MetricId, float]]:
+        out = [(core_metric("global_step"), float(step))]
         pairs = (("train_loss", "loss"), ("train_chain_acc", "chain_accuracy"),
                  ("train_partial_chain_acc", "partial_chain_accuracy"))
-        out.update({metric_key("core", k): train[(None, None, s)] for k, s in pairs if (None, None, s) in train})
+        out += [(core_metric(k), train[(None, None, s)]) for k, s in pairs if (None, None, s) in train]
         for core_name, suffix in (("val_loss", "loss"), ("val_chain_acc", "chain_accuracy"),
                                   ("val_partial_chain_acc", "partial_chain_accuracy")):
-            source = metric_key("window", suffix, phase="val", window="epoch")
-            self._copy_latest(out, metric_key("core", core_name), source)
+            self._copy_latest(out, core_metric(core_name), window_metric(suffix, phase="val", window="epoch"))
         for task in self.spec.task_names:
-            self._copy_latest(out, metric_key("core", "val_acc1", task=task),
-                              metric_key("window", f"acc1_{task}", phase="val", window="epoch"))
+            self._copy_latest(out, core_metric("val_acc1", task),
+                              window_metric(f"acc1_{task}", phase="val", window="epoch"))
         return out
 
-    def _copy_latest(self, out: dict[str, float], key: str, source: str) -> None:
-        latest = self.book.latest.get(source)
+    def _copy_latest(self, out: list[tuple[MetricId, float]], metric: MetricId, source: MetricId) -> None:
+        latest = self.book.latest.get(source.key)
         if latest is not None:
-            out[key] = latest[0]
+            out.append((metric, latest[0]))
 
-    def _rates(self, state: Window, step: int) -> dict[str, float]:
+    def _rates(self, state: Window, step: int) -> list[tuple[MetricId, float]]:
         start = state.prev_t_max if math.isfinite(state.prev_t_max) else state.acc.t_min
         elapsed = state.acc.t_max - start
         if elapsed <= 0:
-            return {}
+            return []
         steps = step - state.last_fire
         remaining = max(0, self.spec.total_steps - step)
-        return {
-            metric_key("window", "samples_per_sec"): state.acc.n / elapsed,
-            metric_key("window", "eta_sec"): remaining * elapsed / steps if steps > 0 else 0.0,
-        }
+        return [
+            (window_metric("samples_per_sec", phase=TRAIN_PHASE, window="step"), state.acc.n / elapsed),
+            (window_metric("eta_sec", phase=TRAIN_PHASE, window="step"),
+             remaining * elapsed / steps if steps > 0 else 0.0),
+        ]
 
     def _reset(self, state: Window, step: int) -> None:
         state.prev_t_max = state.acc.t_max
@@ -346,16 +311,19 @@ class RunState:
 
     def _emit_epoch(self, phase: str, acc: Accumulator) -> None:
         metrics = acc.compute()
-        values = _keys(metrics, phase, "epoch", global_only=False)
+        items = window_values(metrics, phase, "epoch", global_only=False)
         duration = acc.t_max - acc.t_min
-        values[metric_key("window", "epoch_duration_sec", phase=phase, window="epoch")] = duration
+        items.append((window_metric("epoch_duration_sec", phase=phase, window="epoch"), duration))
         if duration > 0:
-            values[metric_key("window", "avg_samples_per_sec", phase=phase, window="epoch")] = acc.n / duration
-        self._emit(max(acc.max_step, 0), "epoch", values)
+            items.append((window_metric("avg_samples_per_sec", phase=phase, window="epoch"), acc.n / duration))
+        self._emit(max(acc.max_step, 0), "epoch", items)
         for (family, _, suffix), value in metrics.items():
             if family is None:
-                self.book.offer_best(metric_key("final", suffix, phase=phase), value,
-                                     not suffix.startswith("loss"))
+                self._offer_best(final_metric(suffix, phase, not suffix.startswith("loss")), value)
+
+    def _offer_best(self, metric: MetricId, value: float) -> None:
+        self.final_metrics[metric.key] = metric
+        self.book.offer_best(metric.key, value, metric.direction == "max")
 
     def finish(self) -> None:
         """Complete every rank, close open windows and epochs, emit the final summary."""
@@ -375,17 +343,31 @@ class RunState:
                 self._emit_epoch(phase, acc)
         self.epochs.clear()
         self.finished = True
-        self.outbox.append(Emission(self.spec.run_id, last, "final", dict(self.book.best_values())))
+        best = self.book.best_values()
+        self.outbox.append(Emission(self.spec.run_id, last, "final", best, self._final_ids(best)))
+
+    def _final_ids(self, best: Mapping[str, float]) -> dict[str, MetricId]:
+        """Identities of the final values (a state restored from an old snapshot may lack some)."""
+        return {key: self.final_metrics.get(key)
+                or MetricId(key, "final", key, direction="max" if self.book.best[key][1] else "min") for key in best}
 
     # ------------------------------------------------------------ output
 
-    def _emit(self, step: int, group: str, values: dict[str, float]) -> None:
+    def _emit(self, step: int, group: str, items: Iterable[tuple[MetricId, float]],
+              carried: Mapping[str, tuple[MetricId, float]] | None = None) -> Emission:
         # a rate over a (client-reported) near-zero time span can overflow: report nothing rather than inf
-        values = {k: v for k, v in values.items() if math.isfinite(v)}
-        emission = Emission(self.spec.run_id, step, group, values)
+        kept = [(m, v) for m, v in items if math.isfinite(v)]
+        values = {m.key: v for m, v in kept}
+        metrics = {m.key: m for m, _ in kept}
+        carried = carried or {}
+        for key, (metric, _) in carried.items():
+            metrics.setdefault(key, metric)
+        emission = Emission(self.spec.run_id, step, group, values, metrics,
+                            {k: v for k, (_, v) in carried.items() if k not in values})
         if group != "console":
             self.book.record(step, values)
         self.outbox.append(emission)
+        return emission
 
     def drain(self) -> list[Emission]:
         """Take the emissions produced since the last drain."""
@@ -403,116 +385,15 @@ class RunState:
     def to_dict(self, internal: bool = False) -> dict[str, Any]:
         """The state at the applied cut (JSON-safe). ``internal`` adds markers and held
         events (binary-encoded, msgpack only) for the service's own recovery images."""
-        out: dict[str, Any] = {
-            "layout": self.layout.to_dict(),
-            "ranks": [_rank_to_dict(r) for r in self.ranks],
-            "watermark": self.watermark,
-            "pending": [[step, None if b.acc is None else b.acc.to_dict(),
-                         {k: t.to_dict() for k, t in b.scalars.items()}] for step, b in sorted(self.pending.items())],
-            "since": dict(self.since),
-            "windows": {g: {"acc": w.acc.to_dict(), "last_fire": w.last_fire,
-                            "prev_t_max": w.prev_t_max if math.isfinite(w.prev_t_max) else None}
-                        for g, w in self.windows.items()},
-            "epochs": [[phase, epoch, acc.to_dict()] for (phase, epoch), acc in sorted(self.epochs.items())],
-            "current": {k: t.to_dict() for k, t in self.current.items()},
-            "higher_is_better": dict(self.higher_is_better),
-            "book": self.book.to_dict(),
-            "finished": self.finished,
-        }
-        if internal:
-            out["internal"] = {
-                "accepted": [_rank_to_dict(r) for r in self.accepted],
-                "markers": {c: sorted(r) for c, r in self.cuts.markers.items()},
-                "waiting": [[r, c] for r, c in self.cuts.waiting.items()],
-                "held": [[r, encode_event(e, binary=True)] for r, e in self.cuts.held],
-            }
-        return out
+        return state_to_dict(self, internal)
 
     @classmethod
     def from_dict(cls, spec: RunSpec, data: Mapping[str, Any]) -> RunState:
         """Inverse of ``to_dict`` (a state without ``internal`` resumes at its cut)."""
-        state = cls(spec)
-        state.layout = Layout(spec.tasks, data["layout"])
-        layout = state.layout
-        state.ranks = [_rank_from_dict(r) for r in data["ranks"]]
-        state.watermark = int(data["watermark"])
-        state.pending = {int(step): StepBucket(None if acc is None else Accumulator.from_dict(layout, acc),
-                                               {k: ScalarTable(_ranks_in(t)) for k, t in scalars.items()})
-                         for step, acc, scalars in data["pending"]}
-        state.since = {str(g): None if s is None else int(s) for g, s in data["since"].items()}
-        state.windows = {g: Window(Accumulator.from_dict(layout, w["acc"]), int(w["last_fire"]),
-                                   -math.inf if w["prev_t_max"] is None else float(w["prev_t_max"]))
-                         for g, w in data["windows"].items()}
-        state.epochs = {(p, int(e)): Accumulator.from_dict(layout, acc) for p, e, acc in data["epochs"]}
-        state.current = {k: ScalarTable(_ranks_in(t)) for k, t in data["current"].items()}
-        state.higher_is_better = {k: bool(v) for k, v in data["higher_is_better"].items()}
-        state.book = MetricsBook.from_dict(data["book"])
-        state.finished = bool(data["finished"])
-        state._load_internal(data.get("internal"))
-        state._check()
-        return state
-
-    def _check(self) -> None:
-        """Raise ValueError unless the state fits its spec (states may come from outside)."""
-        if len(self.ranks) != self.spec.world_size or len(self.accepted) != self.spec.world_size:
-            raise ValueError(f"ranks: expected {self.spec.world_size} ranks, got {len(self.ranks)}")
-        if set(self.windows) != set(WINDOW_GROUPS) or not set(self.since) <= set(FIRE_ORDER):
-            raise ValueError("windows: unknown or missing window groups")
-        if not set(self.current) <= {"lr", "pipeline"}:
-            raise ValueError(f"current: unknown scalar kinds {sorted(self.current)}")
-        for step, bucket in self.pending.items():
-            if not set(bucket.scalars) <= set(SCALAR_KINDS):
-                raise ValueError(f"pending step {step}: unknown scalar kinds {sorted(bucket.scalars)}")
-        accumulators = [w.acc for w in self.windows.values()] + list(self.epochs.values())
-        accumulators += [b.acc for b in self.pending.values() if b.acc is not None]
-        for acc in accumulators:
-            acc.check()
-
-    def _load_internal(self, internal: Mapping[str, Any] | None) -> None:
-        if internal is None:
-            self.accepted = [r.copy() for r in self.ranks]
-            return
-        self.accepted = [_rank_from_dict(r) for r in internal["accepted"]]
-        self.cuts.markers = {c: set(r) for c, r in internal["markers"].items()}
-        self.cuts.waiting = {int(r): c for r, c in internal["waiting"]}
-        self.cuts.held = [(int(r), decode_event(e)) for r, e in internal["held"]]
+        return state_from_dict(cls(spec), data)
 
 
-def _rank_to_dict(rank: RankState) -> dict[str, Any]:
-    return {"completed": rank.completed, "last_step": rank.last_step,
-            "ended": {p: sorted(e) for p, e in rank.ended.items()}}
-
-
-def _rank_from_dict(data: Mapping[str, Any]) -> RankState:
-    return RankState(int(data["completed"]), int(data["last_step"]),
-                     {p: {int(e) for e in v} for p, v in data["ended"].items()})
-
-
-def _ranks_in(table: Mapping[str, Any]) -> dict[int, dict[str, float]]:
-    return {int(r): {k: float(v) for k, v in values.items()} for r, values in table.items()}
-
-
-def _check_step(state: RankState, step: int, where: str) -> None:
-    if step <= state.completed:
-        raise StepAlreadyCompleted(
-            f"{where}.step: step {step} was already completed by this rank (completed through {state.completed})"
-        )
-
-
-def _advance_rank(state: RankState, event: Event) -> None:
-    if (isinstance(event, BatchEvent) and event.phase == TRAIN_PHASE) or isinstance(event, ScalarEvent):
-        state.see_step(event.step)
-    elif isinstance(event, EndEpochEvent):
-        state.ended.setdefault(event.phase, set()).add(event.epoch)
-        if event.phase == TRAIN_PHASE:
-            state.completed = max(state.completed, state.last_step)
-    elif isinstance(event, CompleteEvent):
-        state.completed = max(state.completed, event.through_step)
-
-
-def _keys(metrics: Metrics, phase: str, window: str, global_only: bool) -> dict[str, float]:
-    return {
-        metric_key("window", suffix, phase=phase, window=window, family=family, label=label): value
-        for (family, label, suffix), value in metrics.items()
-        if family is None or not global_only
-    }
+def window_values(metrics: Metrics, phase: str, window: str, global_only: bool) -> list[tuple[MetricId, float]]:
+    """Window metrics with their identities (global ones only when ``global_only``)."""
+    return [(window_metric(suffix, phase=phase, window=window, family=family, label=label), value)
+            for (family, label, suffix), value in metrics.items() if family is None or not global_only]

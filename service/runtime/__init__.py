@@ -1,0 +1,1 @@
+"""The runtime layer: owns live runs, the store and the sinks (between the API and the core)."""

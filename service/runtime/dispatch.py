@@ -1,0 +1,74 @@
+"""Hands a run's emissions and notices to the sinks outside the run lock, in order.
+
+Producers append to the run's outbox while they hold the run lock, so the outbox is in
+the order the run produced things. Whoever holds the outbox's dispatch turn empties it;
+a thread that finds the turn taken leaves its items to that thread and returns at once,
+so a slow sink delays only the thread already dispatching, never the run lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+
+from service.core.emission import Emission, Notice, Sink
+
+log = logging.getLogger("linnaeus_metrics.dispatch")
+Item = Emission | Notice
+
+
+class Outbox:
+    """One run's items waiting for the sinks."""
+
+    def __init__(self) -> None:
+        self._items: deque[Item] = deque()
+        self._turn = threading.Lock()
+
+    def put(self, items: Sequence[Item]) -> None:
+        """Queue items (call under the run lock, so order follows the run)."""
+        self._items.extend(items)
+
+    def dispatch(self, sinks: Sequence[Sink]) -> None:
+        """Deliver queued items unless another thread is already doing it."""
+        while self._items:
+            if not self._turn.acquire(blocking=False):
+                return  # the thread holding the turn re-checks the queue before it leaves
+            try:
+                while self._items:
+                    _deliver(self._take(), sinks)
+            finally:
+                self._turn.release()
+
+    def _take(self) -> list[Item]:
+        taken = []
+        while self._items:
+            taken.append(self._items.popleft())
+        return taken
+
+
+def _deliver(items: list[Item], sinks: Sequence[Sink]) -> None:
+    run: list[Emission] = []
+    for item in items:
+        if isinstance(item, Emission):
+            run.append(item)
+            continue
+        _emit(run, sinks)
+        run = []
+        for sink in sinks:
+            _call(sink, "notice", item)
+    _emit(run, sinks)
+
+
+def _emit(emissions: list[Emission], sinks: Sequence[Sink]) -> None:
+    if emissions:
+        for sink in sinks:
+            _call(sink, "emit", emissions)
+
+
+def _call(sink: Sink, method: str, arg: object) -> None:
+    try:
+        getattr(sink, method)(arg)
+    except Exception:  # a sink must not raise; if one does, the others still get the item
+        log.exception("sink %s: %s raised", getattr(sink, "name", sink), method)

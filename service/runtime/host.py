@@ -1,0 +1,344 @@
+"""RunHost: every live run of this service process, its store and its sinks.
+
+Each command goes check (core, changes nothing) -> append (store: durable) -> apply
+(core, cannot fail) -> emissions and notices out. The store append happens under the run
+lock on purpose: the journal's order must be the order of application, or a replay would
+compute another state. Sinks are called after the run lock is released (``Outbox``), in
+the order the run produced their input. Reads copy under the lock and format outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from client._wire import Event, encode_event
+from service.core.emission import Notice, Sink
+from service.core.errors import LimitExceeded, RunConflict, UnknownRun
+from service.core.run_commands import Run
+from service.core.run_state import RunState
+from service.core.spec import RunSpec, check_run_id, parse_spec
+from service.runtime import views
+from service.runtime.dispatch import Outbox
+from service.storage.base import Store, StoredRun
+
+log = logging.getLogger("linnaeus_metrics.runtime")
+
+
+class RunHost:
+    """All runs of one service process.
+
+    Args:
+        sinks: outputs of every run's emissions and notices.
+        store: the durable store (None: memory only, for tests and ``durable=False``).
+        max_runs: runs this process holds at most.
+        history_max_points: points kept per history series.
+        image_every_events: events between recovery images of a run.
+        new_id: session id factory.
+    """
+
+    def __init__(self, sinks: Sequence[Sink] = (), store: Store | None = None, max_runs: int = 1000,
+                 history_max_points: int = 10_000, image_every_events: int = 5_000,
+                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+        self.sinks = list(sinks)
+        self.store = store
+        self.max_runs = max_runs
+        self.history_max_points = history_max_points
+        self.image_every_events = image_every_events
+        self._new_id = new_id
+        self._runs: dict[str, Run] = {}
+        self._outboxes: dict[str, Outbox] = {}
+        self._last_command: dict[str, int] = {}
+        self.image_writes = 0
+        self.image_seconds = 0.0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ runs
+
+    def create_run(self, raw: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create a run, or return the existing one with the same spec.
+
+        Raises:
+            InvalidInput: the spec is invalid.
+            RunConflict: a run with the same id has a different spec.
+            LimitExceeded: the service holds ``max_runs`` runs.
+        """
+        spec = parse_spec(raw)
+        with self._lock:
+            existing = self._runs.get(spec.run_id)
+            if existing is not None:
+                if existing.spec.to_dict() != spec.to_dict():
+                    raise RunConflict(f"run_id: run {spec.run_id!r} exists with a different spec")
+                return self.info(spec.run_id), False
+            if len(self._runs) >= self.max_runs:
+                raise LimitExceeded(f"runs: the service already holds {self.max_runs} runs (max_runs)")
+            self._append(spec.run_id, "create", {"spec": spec.to_dict()})
+            run = self.add(spec)
+        log.info("run %s created (%d ranks, %d tasks)", spec.run_id, spec.world_size, len(spec.tasks))
+        self._publish(run, [Notice(spec.run_id, "created", -1, {"world_size": spec.world_size})])
+        return self.info(spec.run_id), True
+
+    def add(self, spec: RunSpec, open_sinks: bool = True) -> Run:
+        """Hold a new run (already durable, or being replayed)."""
+        state = RunState(spec)
+        state.book.max_points = self.history_max_points
+        return self.hold(Run(spec, state), open_sinks)
+
+    def hold(self, run: Run, open_sinks: bool = True) -> Run:
+        """Hold ``run`` (created, or rebuilt by recovery)."""
+        self._runs[run.spec.run_id] = run
+        self._outboxes[run.spec.run_id] = Outbox()
+        if open_sinks:
+            self.open_sinks(run)
+        return run
+
+    def open_sinks(self, run: Run) -> None:
+        """Tell every sink about ``run``."""
+        for sink in self.sinks:
+            sink.open_run(run.spec.run_id, run.spec.to_dict())
+
+    def get(self, run_id: str) -> Run:
+        """The run ``run_id``; raises UnknownRun (InvalidInput for a malformed id)."""
+        check_run_id(run_id)
+        run = self._runs.get(run_id)
+        if run is None:
+            raise UnknownRun(f"run: no run {run_id!r}")
+        return run
+
+    def run_ids(self) -> list[str]:
+        """Ids of every run, sorted."""
+        with self._lock:
+            return sorted(self._runs)
+
+    def runs(self) -> list[Run]:
+        """Every run, sorted by id."""
+        return [run for run_id in self.run_ids() if (run := self._runs.get(run_id)) is not None]
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run and its data."""
+        with self._lock:
+            run = self.get(run_id)
+            with run.lock:
+                if self.store is not None:
+                    self.store.delete_run(run_id)
+                del self._runs[run_id]
+                self._outboxes.pop(run_id, None)
+        for sink in self.sinks:
+            sink.delete_run(run_id)
+
+    # ------------------------------------------------------------ commands
+
+    def open_session(self, run_id: str, rank: int) -> dict[str, Any]:
+        """Open a session for ``rank``, fencing older ones; returns ``{session, rank, next_seq}``."""
+        run = self.get(run_id)
+        session_id = self._new_id()
+        with run.lock:
+            run.check_session(rank)
+            self._append(run_id, "session", {"rank": rank, "session": session_id})
+            fenced = run.open_session(rank, session_id)
+            notices = [Notice(run_id, "session", run.state.watermark, {"rank": rank, "session": session_id})]
+            notices += [Notice(run_id, "fenced", run.state.watermark, {"rank": rank, "session": s}) for s in fenced]
+            self._collect(run, notices)
+        if fenced:
+            log.info("run %s: rank %d opened a session, fencing %d older one(s)", run_id, rank, len(fenced))
+        self._dispatch(run)
+        return {"session": session_id, "rank": rank, "next_seq": 0}
+
+    def ingest(self, run_id: str, session_id: str, seq: int, events: Sequence[Event],
+               body: tuple[bytes, str] | None = None) -> dict[str, int]:
+        """Apply a delivery exactly once; returns ``{"acked_seq", "applied", "ignored"}``.
+
+        ``body`` is the request as received (bytes, content type): the journal keeps it as
+        it is rather than encoding the decoded events again.
+        """
+        run = self.get(run_id)
+        with run.lock:
+            plan = run.plan_delivery(session_id, seq, events)
+            if plan.fresh:
+                self._append(run_id, "events", _journal_events(session_id, seq, events, body))
+            reply = run.apply_delivery(plan)
+            self._collect(run)
+        self._dispatch(run)
+        return reply
+
+    def restore(self, run_id: str, session_id: str, snapshot: Mapping[str, Any]) -> dict[str, Any]:
+        """Roll the run back to a snapshot's cut (DESIGN §3b)."""
+        run = self.get(run_id)
+        with run.lock:
+            state = run.check_restore(session_id, snapshot)
+            previous = run.generation
+            self._append(run_id, "restore", {"session": session_id, "snapshot": dict(snapshot)})
+            reply = run.restore(session_id, snapshot, state)
+            notices = []
+            if run.generation != previous:
+                if self.store is not None and run.base is not None:
+                    self.store.put_blob(run_id, "base", str(run.generation), run.base)
+                notices.append(Notice(run_id, "restore", run.state.watermark,
+                                      {"snapshot_id": reply["snapshot_id"], "cut": reply["cut"]}))
+            self._collect(run, notices)
+        if notices:
+            log.info("run %s restored to snapshot %s (watermark %d)", run_id, reply["snapshot_id"],
+                     reply["cut"]["watermark"])
+        self._dispatch(run)
+        return reply
+
+    def finish(self, run_id: str) -> dict[str, float]:
+        """Close windows and epochs, write the final summary; returns it."""
+        run = self.get(run_id)
+        with run.lock:
+            finishing = not run.state.finished
+            if finishing:
+                self._append(run_id, "finish", {})
+            summary = run.finish()
+            self._collect(run, [Notice(run_id, "finished", run.state.watermark, {})] if finishing else [])
+        self._dispatch(run)
+        return summary
+
+    def finish_sinks(self, run_id: str, summary: Mapping[str, float], timeout_s: float) -> dict[str, str]:
+        """Finish the run in every sink (bounded); returns how each ended."""
+        return {sink.name: sink.finish_run(run_id, summary, timeout_s) for sink in self.sinks}
+
+    # ------------------------------------------------------------ durability
+
+    def _append(self, run_id: str, kind: str, payload: Mapping[str, Any]) -> None:
+        if self.store is not None:
+            self._last_command[run_id] = self.store.append(run_id, kind, payload)
+
+    def note_replayed(self, run_id: str, command_id: int) -> None:
+        """Recovery replayed the run's journal through ``command_id``."""
+        self._last_command[run_id] = command_id
+
+    def _collect(self, run: Run, notices: Iterable[Notice] = ()) -> None:
+        """Queue emissions and notices for the sinks, persist new checkpoints, write an image
+        when due (caller holds the run lock)."""
+        items: list[Any] = list(notices)
+        items[:0] = run.state.drain()
+        for checkpoint_id in run.new_checkpoints:
+            if self.store is not None:
+                self.store.put_blob(run.spec.run_id, "checkpoint", checkpoint_id, run.checkpoints[checkpoint_id])
+            items.append(Notice(run.spec.run_id, "checkpoint", run.state.watermark, {"id": checkpoint_id}))
+        run.new_checkpoints.clear()
+        self._outboxes[run.spec.run_id].put(items)
+        if run.events_since_image >= self.image_every_events:
+            self.write_image(run)
+
+    def _publish(self, run: Run, notices: Sequence[Notice]) -> None:
+        outbox = self._outboxes.get(run.spec.run_id)
+        if outbox is not None:
+            outbox.put(notices)
+            outbox.dispatch(self.sinks)
+
+    def _dispatch(self, run: Run) -> None:
+        outbox = self._outboxes.get(run.spec.run_id)
+        if outbox is not None:
+            outbox.dispatch(self.sinks)
+
+    def write_image(self, run: Run) -> None:
+        """Compact: one image replaces the run's journal so far (caller holds the lock)."""
+        if self.store is None or run.spec.run_id not in self._last_command:
+            return
+        started = time.perf_counter()
+        self.store.write_image(run.spec.run_id, self._last_command[run.spec.run_id], run.image())
+        run.events_since_image = 0
+        self.image_writes += 1
+        self.image_seconds += time.perf_counter() - started
+
+    def write_images(self) -> None:
+        """An image of every run (at shutdown: the next start is quick)."""
+        for run in self.runs():
+            with run.lock:
+                self.write_image(run)
+
+    def recover(self, stored_runs: Iterable[StoredRun]) -> int:
+        """Rebuild runs from the store; returns the count (see ``service.runtime.recovery``)."""
+        from service.runtime.recovery import recover
+
+        return recover(self, stored_runs)
+
+    # ------------------------------------------------------------ snapshots
+
+    def checkpoint(self, run_id: str, checkpoint_id: str) -> dict[str, Any]:
+        """The checkpoint's snapshot; CheckpointPending names the missing ranks."""
+        run = self.get(run_id)
+        with run.lock:
+            found = run.checkpoints.get(checkpoint_id)
+            if found is None and self.store is not None:
+                found = self.store.get_blob(run_id, "checkpoint", checkpoint_id)
+            if found is None:
+                found = run.checkpoint(checkpoint_id)
+        return found
+
+    def snapshot(self, run_id: str) -> dict[str, Any]:
+        """A snapshot cut at every rank's current position."""
+        run = self.get(run_id)
+        with run.lock:
+            return run.snapshot()
+
+    # ------------------------------------------------------------ reads
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Short info of every run."""
+        out = []
+        for run in self.runs():
+            with run.lock:
+                out.append(views.short_info(run))
+        return out
+
+    def info(self, run_id: str) -> dict[str, Any]:
+        """A run's spec, status, per-rank watermarks, counters and sink status."""
+        run = self.get(run_id)
+        with run.lock:
+            info = views.full_info(run)
+        info["sinks"] = {s.name: s.status(run_id) for s in self.sinks}
+        return info
+
+    def metrics(self, run_id: str) -> dict[str, Any]:
+        """Latest value of every key."""
+        run = self.get(run_id)
+        with run.lock:
+            return views.latest(run)
+
+    def history(self, run_id: str, keys: Sequence[str] | None, since_step: int | None,
+                max_points: int | None) -> dict[str, Any]:
+        """Series of the requested keys (all when ``keys`` is None)."""
+        run = self.get(run_id)
+        with run.lock:
+            copied = views.copy_history(run, keys)
+        return {"run_id": run_id,
+                "series": {k: views.series(s, v, since_step, max_points) for k, (s, v) in copied.items()}}
+
+    def summary(self, run_id: str) -> dict[str, Any]:
+        """Best values so far (final ones once finished)."""
+        run = self.get(run_id)
+        with run.lock:
+            return {"run_id": run_id, "finished": run.state.finished, "summary": run.state.book.best_values()}
+
+    def telemetry_figures(self) -> dict[str, Any]:
+        """Totals for the service's own metrics (read at scrape time)."""
+        runs: dict[str, int] = {"active": 0, "finished": 0}
+        counters: dict[str, int] = {}
+        held = 0
+        sinks: dict[tuple[str, str], float] = {}
+        for run in self.runs():
+            with run.lock:
+                runs["finished" if run.state.finished else "active"] += 1
+                for key, value in run.counters.items():
+                    counters[key] = counters.get(key, 0) + value
+                held += len(run.state.cuts.held)
+            for sink in self.sinks:
+                for figure, value in sink.status(run.spec.run_id).items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        sinks[(sink.name, figure)] = sinks.get((sink.name, figure), 0) + value
+        return {"runs": runs, "counters": counters, "held": held, "sinks": sinks,
+                "images": {"writes": self.image_writes, "seconds": self.image_seconds}}
+
+
+def _journal_events(session_id: str, seq: int, events: Sequence[Event],
+                    body: tuple[bytes, str] | None) -> dict[str, Any]:
+    if body is not None:
+        return {"session": session_id, "seq": seq, "body": body[0], "content_type": body[1]}
+    return {"session": session_id, "seq": seq, "events": [encode_event(e, binary=True) for e in events]}

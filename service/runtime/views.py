@@ -1,0 +1,61 @@
+"""Read-only views of a run for the API: copied under the run lock, formatted outside it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from service.core.run_commands import Run
+
+
+def short_info(run: Run) -> dict[str, Any]:
+    """The run's line in ``GET /v1/runs`` (caller holds the run lock)."""
+    return {"run_id": run.spec.run_id, "status": "finished" if run.state.finished else "active",
+            "watermark": run.state.watermark, "world_size": run.spec.world_size}
+
+
+def full_info(run: Run) -> dict[str, Any]:
+    """``GET /v1/runs/{run}`` without the sinks (caller holds the run lock)."""
+    info = short_info(run)
+    info.update(run.spec.to_dict())
+    info["schedule"] = dict(run.state.schedule.intervals)
+    info["ranks"] = rank_info(run)
+    info["counters"] = dict(run.counters)
+    info["generation"] = run.generation
+    info["checkpoints"] = list(run.checkpoints)
+    return info
+
+
+def rank_info(run: Run) -> list[dict[str, Any]]:
+    """Each rank's position and live session."""
+    live = run.sessions.live()
+    return [{"rank": i, "completed": r.completed, "last_step": r.last_step,
+             "session": live[i].id if i in live else None, "next_seq": live[i].next_seq if i in live else 0}
+            for i, r in enumerate(run.state.ranks)]
+
+
+def latest(run: Run) -> dict[str, Any]:
+    """Latest value of every key (caller holds the run lock)."""
+    values = dict(run.state.book.latest)
+    return {"run_id": run.spec.run_id, "step": run.state.watermark,
+            "metrics": {k: {"value": v, "step": s} for k, (v, s) in sorted(values.items())}}
+
+
+def copy_history(run: Run, keys: Sequence[str] | None) -> dict[str, tuple[list[int], list[float]]]:
+    """The requested series, copied (caller holds the run lock)."""
+    book = run.state.book.history
+    wanted = sorted(book) if keys is None else [k for k in keys if k in book]
+    return {k: (list(book[k][0]), list(book[k][1])) for k in wanted}
+
+
+def series(steps: list[int], values: list[float], since_step: int | None,
+           max_points: int | None) -> dict[str, list[Any]]:
+    """One series from ``since_step`` on, thinned evenly to at most ``max_points`` (newest kept)."""
+    if since_step is not None:
+        keep = [i for i, s in enumerate(steps) if s >= since_step]
+        steps, values = [steps[i] for i in keep], [values[i] for i in keep]
+    if max_points is not None and len(steps) > max_points:
+        stride = -(-len(steps) // max_points)
+        picks = sorted(range(len(steps) - 1, -1, -stride))[-max_points:]
+        steps, values = [steps[i] for i in picks], [values[i] for i in picks]
+    return {"steps": steps, "values": values}
