@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -15,9 +19,12 @@ from service.api.errors import install_error_handlers
 from service.api.routes import health, ingest, metrics, runs, snapshots
 from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
-from service.core.errors import StoreUnavailable
+from service.core.errors import StoreError, StoreUnavailable
+from service.runtime.fencing import SharedStore
 from service.runtime.host import RunHost
+from service.runtime.replica import ReplicaHost
 from service.settings import Settings
+from service.storage.base import Store
 from service.storage.sqlite import SqliteStore
 
 log = logging.getLogger("linnaeus_metrics")
@@ -37,11 +44,16 @@ def default_sinks(settings: Settings) -> list[Sink]:
     return sinks
 
 
-def _open_store(settings: Settings, app: FastAPI) -> SqliteStore | None:
+def _open_store(settings: Settings, app: FastAPI) -> Store | None:
     app.state.not_ready_reason = None
     if not settings.durable:
         app.state.ready = True
         return None
+    if settings.store is not None:
+        from service.storage.postgres import PostgresStore
+
+        # connects on first use: a replica may start before its database is up (not ready until then)
+        return PostgresStore(settings.store, settings.store_connect_timeout_s, connect=False)
     try:
         return SqliteStore(settings.data_dir / "metrics.sqlite3", settings.sqlite_synchronous)
     except StoreUnavailable as exc:
@@ -50,7 +62,49 @@ def _open_store(settings: Settings, app: FastAPI) -> SqliteStore | None:
         return None
 
 
-def _recover(host: RunHost, store: SqliteStore, app: FastAPI) -> None:
+def _make_host(settings: Settings, sinks: list[Sink], store: Store | None) -> RunHost:
+    options: dict[str, Any] = {"max_runs": settings.max_runs, "history_max_points": settings.history_max_points,
+                               "image_every_events": settings.snapshot_every_events}
+    if settings.store is None or store is None:
+        return RunHost(sinks, store=store, **options)
+    shared = cast("SharedStore", store)  # a PostgresStore (``_open_store``)
+    replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return ReplicaHost(sinks, shared, replica_id, advertised_url(settings), settings.lease_ttl_s, **options)
+
+
+def advertised_url(settings: Settings) -> str:
+    """Where other replicas send clients for this one's runs (the bind address unless set)."""
+    if settings.advertised_url:
+        return settings.advertised_url.rstrip("/")
+    host = socket.gethostname() if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+def _connect_shared(host: ReplicaHost, app: FastAPI) -> None:
+    """A replica is ready once its database takes a write; runs are recovered when taken over."""
+    try:
+        host.shared.probe()
+    except StoreUnavailable as exc:
+        log.error("not ready: %s", exc)
+        app.state.not_ready_reason, app.state.store_failed = str(exc), True
+    else:
+        app.state.ready = True
+    host.ownership.start()
+    log.info("replica %s (%s) on %s", host.ownership.replica_id, host.ownership.url,
+             getattr(host.shared, "where", "the shared store"))
+
+
+def _stop_shared(host: ReplicaHost) -> None:
+    """Last images of the owned runs, then give their leases up so other replicas take over at once."""
+    try:
+        host.write_images()
+    except StoreError as exc:
+        log.warning("final images not written: %s", exc)
+    host.ownership.close(release=True)
+    host.shared.close()
+
+
+def _recover(host: RunHost, store: Store, app: FastAPI) -> None:
     started = time.monotonic()
     try:
         count = host.recover(store.load())
@@ -76,11 +130,11 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chosen = list(sinks) if sinks is not None else default_sinks(settings)
         store = app.state.store = _open_store(settings, app)
-        host = app.state.host = RunHost(
-            chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
-            image_every_events=settings.snapshot_every_events)
+        host = app.state.host = _make_host(settings, chosen, store)
         app.state.telemetry.watch(host)
-        if store is not None:
+        if isinstance(host, ReplicaHost):
+            await to_thread.run_sync(_connect_shared, host, app)
+        elif store is not None:
             await to_thread.run_sync(_recover, host, store, app)
             app.state.telemetry.recovery.set(getattr(app.state, "recovery_s", 0.0))
         try:
@@ -91,7 +145,9 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
             # then the final images make the next start quick
             for sink in chosen:
                 await to_thread.run_sync(sink.close, settings.shutdown_timeout_s)
-            if store is not None and app.state.not_ready_reason is None:
+            if isinstance(host, ReplicaHost):
+                await to_thread.run_sync(_stop_shared, host)
+            elif store is not None and app.state.not_ready_reason is None:
                 await to_thread.run_sync(host.write_images)
                 store.close()
 

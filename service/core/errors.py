@@ -16,6 +16,7 @@
     │   └── SnapshotVersionMismatch
     ├── CheckpointPending       not every rank's marker is in yet
     ├── LimitExceeded           a configured bound was hit
+    ├── NotOwner                another replica owns the run (its URL, or None while it moves)
     └── StoreError              the durable store (service/storage) refused or failed
         ├── StoreUnavailable    the store cannot take writes (disk full, database down)
         ├── StoreFenced         the writer's lease on the run is lost (another replica owns it)
@@ -95,6 +96,18 @@ class CheckpointPending(ServiceError):
 
 class LimitExceeded(ServiceError):
     """A configured limit was hit."""
+
+
+class NotOwner(ServiceError):
+    """Another replica owns the run: writes go there (DESIGN §10).
+
+    ``owner_url`` is the owner's advertised URL, or None while no replica holds the run
+    (the caller retries).
+    """
+
+    def __init__(self, message: str, owner_url: str | None) -> None:
+        super().__init__(message)
+        self.owner_url = owner_url
 
 
 class StoreError(ServiceError):

@@ -109,6 +109,17 @@ class RunHost:
             raise UnknownRun(f"run: no run {run_id!r}")
         return run
 
+    def holds(self, run_id: str) -> bool:
+        """Whether this process holds ``run_id`` and may write it now (a dict lookup: no I/O)."""
+        return run_id in self._runs
+
+    def forget(self, run_id: str) -> None:
+        """Drop a run from memory only (another replica took it over); its data stays in the store."""
+        with self._lock:
+            self._runs.pop(run_id, None)
+            self._outboxes.pop(run_id, None)
+            self._last_command.pop(run_id, None)
+
     def run_ids(self) -> list[str]:
         """Ids of every run, sorted."""
         with self._lock:

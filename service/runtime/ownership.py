@@ -84,15 +84,26 @@ class Ownership:
         """Whoever holds the run's lease now (this replica included), or None."""
         return self.store.owner_of(run_id)
 
+    def release(self, run_id: str) -> None:
+        """Give the run up now (it was deleted, or never existed)."""
+        with self._lock:
+            held = self._held.pop(run_id, None)
+        if held is not None:
+            self.store.release(held[0])
+
     def held(self) -> list[str]:
         """Runs whose lease this replica holds (as far as it knows)."""
         with self._lock:
             return sorted(self._held)
 
-    def lose(self, run_id: str, reason: str) -> None:
-        """Stop owning ``run_id`` (its lease is gone, or about to be)."""
+    def lose(self, run_id: str, reason: str, token: int | None = None) -> None:
+        """Stop owning ``run_id`` (its lease is gone, or about to be); with ``token``, only that lease
+        (a renewal that failed must not drop a lease taken again since)."""
         with self._lock:
-            held = self._held.pop(run_id, None)
+            held = self._held.get(run_id)
+            if held is None or (token is not None and held[0].token != token):
+                return
+            del self._held[run_id]
         if held is not None:
             log.warning("run %s: lease (token %d) lost: %s", run_id, held[0].token, reason)
             self.on_lost(run_id)
@@ -106,14 +117,14 @@ class Ownership:
             try:
                 self.store.renew(lease)
             except StoreFenced as exc:
-                self.lose(run_id, str(exc))
+                self.lose(run_id, str(exc), lease.token)
                 continue
             except StoreUnavailable as exc:
                 if self._clock() >= deadline:
-                    self.lose(run_id, f"not renewed within its TTL ({exc})")
+                    self.lose(run_id, f"not renewed within its TTL ({exc})", lease.token)
                 continue
             with self._lock:
-                if run_id in self._held:
+                if self._held.get(run_id, (None,))[0] == lease:
                     self._held[run_id] = (lease, started + self.ttl_s)
 
     def start(self) -> None:

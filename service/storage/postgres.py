@@ -68,26 +68,37 @@ class PostgresStore:
         connect_timeout_s: how long to wait for a connection before calling the store unavailable.
         statement_timeout_s: the longest a statement may run (a stuck database becomes a 503, not a hang).
 
+        connect: connect (and create or check the schema) now; otherwise at the first use, so a
+            service can start while the database is still down.
+
     Raises:
         StoreUnavailable: the database cannot be reached, or holds a newer schema than this service reads.
     """
 
-    def __init__(self, url: str, connect_timeout_s: float = 5.0, statement_timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, connect_timeout_s: float = 5.0, statement_timeout_s: float = 30.0,
+                 connect: bool = True) -> None:
         self.url = url
         self.where = describe(url)
         self.connect_timeout_s = connect_timeout_s
         self.statement_timeout_s = statement_timeout_s
         self._lock = threading.Lock()
         self._db: psycopg.Connection[Any] | None = None
-        try:
-            with self._session() as db, db.transaction():
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                for statement in SCHEMA:
-                    db.execute(statement)
-                self._check_schema(db)
-        except StoreUnavailable:
-            self.close()
-            raise
+        self._schema_ready = False
+        if connect:
+            try:
+                with self._session():
+                    pass
+            except StoreUnavailable:
+                self.close()
+                raise
+
+    def _create_schema(self, db: psycopg.Connection[Any]) -> None:
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            for statement in SCHEMA:
+                db.execute(statement)
+            self._check_schema(db)
+        self._schema_ready = True
 
     def _check_schema(self, db: psycopg.Connection[Any]) -> None:
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -106,6 +117,8 @@ class PostgresStore:
             try:
                 if self._db is None or self._db.closed or self._db.broken:
                     self._db = self._connect()
+                if not self._schema_ready:
+                    self._create_schema(self._db)
                 yield self._db
             except psycopg.Error as exc:
                 self._drop()
