@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -90,12 +91,28 @@ def _connect_shared(host: ReplicaHost, app: FastAPI) -> None:
     else:
         app.state.ready = True
     host.ownership.start()
+    threading.Thread(target=_watch_shared, args=(host, app), name="store-watch", daemon=True).start()
     log.info("replica %s (%s) on %s", host.ownership.replica_id, host.ownership.url,
              getattr(host.shared, "where", "the shared store"))
 
 
-def _stop_shared(host: ReplicaHost) -> None:
+def _watch_shared(host: ReplicaHost, app: FastAPI) -> None:
+    """Readiness follows the database even while no request comes: a real write every TTL/3."""
+    stop = app.state.stop_watch
+    while not stop.wait(host.ownership.ttl_s / 3):
+        try:
+            host.shared.probe()
+        except StoreUnavailable as exc:
+            if app.state.ready:
+                log.error("not ready: %s", exc)
+            app.state.ready, app.state.store_failed, app.state.not_ready_reason = False, True, str(exc)
+        else:
+            app.state.ready, app.state.store_failed, app.state.not_ready_reason = True, False, None
+
+
+def _stop_shared(host: ReplicaHost, app: FastAPI) -> None:
     """Last images of the owned runs, then give their leases up so other replicas take over at once."""
+    app.state.stop_watch.set()
     try:
         host.write_images()
     except StoreError as exc:
@@ -146,7 +163,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
             for sink in chosen:
                 await to_thread.run_sync(sink.close, settings.shutdown_timeout_s)
             if isinstance(host, ReplicaHost):
-                await to_thread.run_sync(_stop_shared, host)
+                await to_thread.run_sync(_stop_shared, host, app)
             elif store is not None and app.state.not_ready_reason is None:
                 await to_thread.run_sync(host.write_images)
                 store.close()
@@ -158,6 +175,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     app.state.not_ready_reason = "starting"
     app.state.store_failed = False
     app.state.store = None
+    app.state.stop_watch = threading.Event()
     app.state.telemetry = Telemetry()
     install_error_handlers(app)
     for module in (health, runs, ingest, metrics, snapshots):

@@ -149,7 +149,7 @@ class RunHost:
         session_id = self._new_id()
         with run.lock:
             run.check_session(rank)
-            self._append(run_id, "session", {"rank": rank, "session": session_id})
+            self._append(run_id, "session", {"rank": rank, "session": session_id}, run)
             fenced = run.open_session(rank, session_id)
             notices = [Notice(run_id, "session", run.state.watermark, {"rank": rank, "session": session_id})]
             notices += [Notice(run_id, "fenced", run.state.watermark, {"rank": rank, "session": s}) for s in fenced]
@@ -170,7 +170,7 @@ class RunHost:
         with run.lock:
             plan = run.plan_delivery(session_id, seq, events)
             if plan.fresh:
-                self._append(run_id, "events", _journal_events(session_id, seq, events, body))
+                self._append(run_id, "events", _journal_events(session_id, seq, events, body), run)
             reply = run.apply_delivery(plan)
             self._collect(run)
         self._dispatch(run)
@@ -182,7 +182,7 @@ class RunHost:
         with run.lock:
             state = run.check_restore(session_id, snapshot)
             previous = run.generation
-            self._append(run_id, "restore", {"session": session_id, "snapshot": dict(snapshot)})
+            self._append(run_id, "restore", {"session": session_id, "snapshot": dict(snapshot)}, run)
             reply = run.restore(session_id, snapshot, state)
             notices = []
             if run.generation != previous:
@@ -203,7 +203,7 @@ class RunHost:
         with run.lock:
             finishing = not run.state.finished
             if finishing:
-                self._append(run_id, "finish", {})
+                self._append(run_id, "finish", {}, run)
             summary = run.finish()
             self._collect(run, [Notice(run_id, "finished", run.state.watermark, {})] if finishing else [])
         self._dispatch(run)
@@ -215,7 +215,8 @@ class RunHost:
 
     # ------------------------------------------------------------ durability
 
-    def _append(self, run_id: str, kind: str, payload: Mapping[str, Any]) -> None:
+    def _append(self, run_id: str, kind: str, payload: Mapping[str, Any], run: Run | None = None) -> None:
+        """Journal a command of ``run`` (None: the run is being created); caller holds the run's lock."""
         if self.store is not None:
             self._last_command[run_id] = self.store.append(run_id, kind, payload)
 

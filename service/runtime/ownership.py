@@ -71,6 +71,12 @@ class Ownership:
             return None
         return held[0].token
 
+    def last_token(self, run_id: str) -> int | None:
+        """The token of the run's lease as last held here, even if no longer counted on (None: never held)."""
+        with self._lock:
+            held = self._held.get(run_id)
+        return None if held is None else held[0].token
+
     def claim(self, run_id: str) -> Lease | None:
         """Take the run's lease if it is free or expired (or already ours); None if another holds it."""
         started = self._clock()

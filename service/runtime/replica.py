@@ -32,6 +32,10 @@ log = logging.getLogger("linnaeus_metrics.replica")
 T = TypeVar("T")
 
 
+class RunRetired(StoreFenced):
+    """A write came through a copy of the run that a takeover replaced while the write waited."""
+
+
 class ReplicaHost(RunHost):
     """The runs this replica owns, on a store shared with other replicas.
 
@@ -46,17 +50,19 @@ class ReplicaHost(RunHost):
 
     def __init__(self, sinks: Sequence[Sink], store: SharedStore, replica_id: str, url: str, ttl_s: float,
                  **options: Any) -> None:
-        self.ownership = Ownership(store, replica_id, url, ttl_s, on_lost=self.forget)
+        self.ownership = Ownership(store, replica_id, url, ttl_s, on_lost=self._retire)
         super().__init__(sinks, store=FencedStore(store, self.ownership), **options)
         self.shared = store
         self.takeovers = 0
         self._claiming = threading.Lock()
+        self._recovering: set[str] = set()
 
     # ------------------------------------------------------------ ownership
 
     def holds(self, run_id: str) -> bool:
         """Whether this replica holds the run and its lease now (no I/O)."""
-        return super().holds(run_id) and self.ownership.token(run_id) is not None
+        return (super().holds(run_id) and run_id not in self._recovering
+                and self.ownership.token(run_id) is not None)
 
     def get(self, run_id: str) -> Run:
         """The run, owned by this replica: taken over (and recovered) first when its lease is free.
@@ -74,19 +80,46 @@ class ReplicaHost(RunHost):
         with self._claiming:  # one takeover at a time; requests for the run wait for its recovery
             if self.holds(run_id):
                 return
-            self.forget(run_id)  # a copy whose lease lapsed may be stale: the store has the truth
-            if self.ownership.claim(run_id) is None:
+            before = self.ownership.last_token(run_id)
+            lease = self.ownership.claim(run_id)
+            if lease is None:
                 raise self._elsewhere(run_id)
+            log.info("run %s: lease taken by %s with token %d (before: %s)", run_id, self.ownership.replica_id,
+                     lease.token, before)
+            if lease.token == before and super().holds(run_id):
+                return  # the same token: nobody else took the run meanwhile, the copy here is current
+            self._retire(run_id)
             stored = self.shared.load_run(run_id)
             if stored.image is None and not stored.commands:
                 if not creating:
                     self.ownership.release(run_id)
                     raise UnknownRun(f"run: no run {run_id!r}")
                 return
-            self.recover([stored])
+            self._recovering.add(run_id)  # replay adds the run before it is complete: not served until done
+            try:
+                self.recover([stored])
+            finally:
+                self._recovering.discard(run_id)
             self.takeovers += 1
             log.info("run %s: taken over by replica %s (%d journal rows replayed)", run_id,
                      self.ownership.replica_id, len(stored.commands))
+
+    def _retire(self, run_id: str) -> None:
+        """Forget a copy that may be stale (the store has the truth), after any write in flight on it.
+
+        Every copy is forgotten here, under its lock: a takeover's load then sees every write made
+        through the old copy, and a write that gets the lock later is refused (``_append``).
+        """
+        old = self._runs.get(run_id)
+        if old is None:
+            return
+        with old.lock:  # a write that gets the lock after this sees it retired (``_append``)
+            self.forget(run_id)
+
+    def _append(self, run_id: str, kind: str, payload: Mapping[str, Any], run: Run | None = None) -> None:
+        if run is not None and self._runs.get(run_id) is not run:
+            raise RunRetired(f"run {run_id!r}: this copy was replaced by a takeover; the write was not made")
+        super()._append(run_id, kind, payload, run)
 
     def _elsewhere(self, run_id: str) -> NotOwner:
         owner = self.ownership.owner(run_id)
@@ -97,11 +130,14 @@ class ReplicaHost(RunHost):
     def _writing(self, run_id: str, write: Callable[[], T]) -> T:
         """Run a write; a refused token (the lease was lost meanwhile) drops the run and redirects."""
         try:
-            return write()
+            try:
+                return write()
+            except RunRetired:
+                return write()  # refused before anything changed: once more, on the current copy
         except StoreFenced as exc:
             token = self.ownership.token(run_id)
             self.ownership.lose(run_id, str(exc), token)
-            self.forget(run_id)
+            self._retire(run_id)
             raise self._elsewhere(run_id) from exc
 
     # ------------------------------------------------------------ writes

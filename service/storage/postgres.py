@@ -214,6 +214,8 @@ class PostgresStore:
     def load_run(self, run_id: str) -> StoredRun:
         """One run's image and the journal after it; StoreDamaged names a row that cannot be decoded."""
         with self._session() as db, db.transaction(), db.cursor(binary=True) as cur:
+            # one snapshot for both reads: an image written in between must not hide the rows it replaced
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             image = cur.execute("SELECT body FROM images WHERE run_id = %s", (run_id,)).fetchone()
             rows = cur.execute("SELECT id, kind, payload FROM commands WHERE run_id = %s ORDER BY id",
                                (run_id,)).fetchall()

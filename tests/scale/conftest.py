@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,9 +15,23 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import ServiceProcess, free_port
-from tests.postgres_db import fresh_database
+from tests.postgres_db import fresh_database, server_address, with_port
+from tests.tcp_proxy import TcpProxy
 
 TTL_S = 1.5  # short, so a failover takes seconds; the renewal thread runs every TTL/3
+
+
+class Replica(ServiceProcess):
+    """A replica process, up once uvicorn listens (its startup log line comes before the bind)."""
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        with proc.stderr:
+            for line in proc.stderr:
+                self.lines.append(line)
+                if "Uvicorn running on" in line:
+                    self._up.set()
+        self._up.set()  # exited: let the waiter look
 
 
 @dataclass
@@ -26,13 +41,13 @@ class Cluster:
     db_url: str
     store_url: str
     tmp: Path
-    replicas: list[ServiceProcess] = field(default_factory=list)
+    replicas: list[Replica] = field(default_factory=list)
 
     def start(self, count: int) -> Cluster:
         for i in range(count):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            self.replicas.append(ServiceProcess(self.tmp / f"r{i}", port, env={
+            self.replicas.append(Replica(self.tmp / f"r{i}", port, env={
                 "LINNAEUS_METRICS_STORE": self.store_url, "LINNAEUS_METRICS_REPLICA_ID": f"r{i}",
                 "LINNAEUS_METRICS_ADVERTISED_URL": url, "LINNAEUS_METRICS_LEASE_TTL_S": str(TTL_S),
                 "LINNAEUS_METRICS_STORE_CONNECT_TIMEOUT_S": "2", "LINNAEUS_METRICS_SNAPSHOT_EVERY_EVENTS": "40"}))
@@ -48,7 +63,7 @@ class Cluster:
     def urls(self) -> list[str]:
         return [r.url for r in self.replicas]
 
-    def owner(self, run_id: str) -> ServiceProcess | None:
+    def owner(self, run_id: str) -> Replica | None:
         """The replica holding the run's unexpired lease (read from the database)."""
         with psycopg.connect(self.db_url, autocommit=True) as db:
             row = db.execute("SELECT owner FROM leases WHERE run_id = %s AND expires_at > clock_timestamp() "
@@ -61,7 +76,7 @@ class Cluster:
         return 0 if row is None else int(row[0])
 
     def log(self) -> str:
-        return "\n".join(f"--- {r.url}\n{r.log()}" for r in self.replicas)
+        return "\n".join(f"--- {r.url}\n{''.join(r.lines)}" for r in self.replicas)
 
 
 def until(condition: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
@@ -94,10 +109,20 @@ def finish_and_read(urls: list[str], run_id: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Replicas to start on a fresh database (killed after the test)."""
     with fresh_database() as url:
-        made = Cluster(url, url, tmp_path)
         try:
-            yield made
+            yield Cluster(url, url, tmp_path)
+        finally:
+            ServiceProcess.reap()
+
+
+@pytest.fixture
+def proxied_cluster(tmp_path: Path) -> Iterator[tuple[Cluster, TcpProxy]]:
+    """Replicas to start on a fresh database they reach through a proxy the test controls."""
+    with fresh_database() as url, TcpProxy(*server_address(url)) as proxy:
+        try:
+            yield Cluster(url, with_port(url, proxy.port), tmp_path), proxy
         finally:
             ServiceProcess.reap()
 
