@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from service.api.auth import BearerAuth
 from service.api.errors import install_error_handlers
-from service.api.routes import health, ingest, metrics, runs, snapshots
+from service.api.routes import dashboard, health, ingest, metrics, runs, snapshots
 from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
 from service.core.errors import StoreError, StoreUnavailable
@@ -180,6 +180,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     install_error_handlers(app)
     for module in (health, runs, ingest, metrics, snapshots):
         app.include_router(module.router)
+    dashboard.install(app)
     app.add_middleware(RequestMetrics, telemetry=app.state.telemetry)
     if settings.auth_tokens:
         app.add_middleware(BearerAuth, tokens=settings.auth_tokens)

@@ -1,7 +1,9 @@
-"""Bearer-token auth as a pure ASGI middleware: every path but /healthz and /readyz.
+"""Bearer-token auth as a pure ASGI middleware: every path but the open ones below.
 
 A middleware (not a router dependency) so that no route, present or future, the OpenAPI
-document and /metrics included, can be added without it.
+document and /metrics included, can be added without it. Open are the probes and the
+dashboard's page and static assets, which carry no run data: the page asks the user for
+the token and sends it with every data request.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+#: The dashboard's static assets (``service.api.routes.dashboard.ASSETS_PREFIX``).
+OPEN_PREFIXES = ("/dashboard/",)
 
 
 class BearerAuth:
@@ -23,7 +27,7 @@ class BearerAuth:
         self._tokens = [t.encode() for t in tokens]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._tokens or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self._tokens or _is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         failure = self._check(dict(scope["headers"]).get(b"authorization"))
@@ -41,6 +45,10 @@ class BearerAuth:
         if not any(matched):
             return 403, "forbidden", "Authorization: the bearer token is not valid"
         return None
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 async def _reject(send: Send, status: int, type_: str, detail: str) -> None:

@@ -212,6 +212,19 @@ def _resume(wandb: Mapping[str, Any]) -> str | None:
     )
 
 
+def config_warnings(config: Any) -> tuple[str, ...]:
+    """What a posted config asks for that the service ignores (an API key); never the key itself.
+
+    >>> config_warnings({"EXPERIMENT": {"WANDB": {"KEY": "secret"}}})
+    ('EXPERIMENT.WANDB.KEY is ignored: the service uses its own WANDB_API_KEY',)
+    >>> config_warnings(None)
+    ()
+    """
+    experiment = config.get("EXPERIMENT") if isinstance(config, Mapping) else None
+    wandb = experiment.get("WANDB") if isinstance(experiment, Mapping) else None
+    return _key_warning(wandb) if isinstance(wandb, Mapping) else ()
+
+
 def _key_warning(wandb: Mapping[str, Any]) -> tuple[str, ...]:
     if wandb.get("KEY") in (None, ""):
         return ()

@@ -17,6 +17,8 @@ from array import array
 from collections.abc import Mapping
 from typing import Any
 
+from service.core.emission import MetricId
+
 DEFAULT_MAX_POINTS = 10_000
 
 
@@ -29,9 +31,13 @@ class MetricsBook:
         # typed arrays: 16 bytes a point instead of two boxed Python numbers
         self.history: dict[str, tuple[array[int], array[float]]] = {}
         self.best: dict[str, tuple[float, bool]] = {}
+        self.ids: dict[str, MetricId] = {}  # what each key is, for readers that must not parse keys
 
-    def record(self, step: int, values: Mapping[str, float]) -> None:
-        """Record values emitted at ``step``."""
+    def record(self, step: int, values: Mapping[str, float], metrics: Mapping[str, MetricId] | None = None) -> None:
+        """Record values emitted at ``step`` (with their identities when given)."""
+        for key, metric in (metrics or {}).items():
+            if key in values and key not in self.ids:
+                self.ids[key] = metric
         for key, value in values.items():
             self.latest[key] = (value, step)
             found = self.history.get(key)
@@ -61,6 +67,7 @@ class MetricsBook:
             "latest": {k: [v, s] for k, (v, s) in self.latest.items()},
             "history": {k: [st.tolist(), vs.tolist()] for k, (st, vs) in self.history.items()},
             "best": {k: [v, h] for k, (v, h) in self.best.items()},
+            "ids": {k: m.to_dict() for k, m in self.ids.items()},
         }
 
     @classmethod
@@ -71,6 +78,8 @@ class MetricsBook:
         book.history = {k: (array("q", [int(x) for x in st]), array("d", [float(x) for x in vs]))
                         for k, (st, vs) in data["history"].items()}
         book.best = {k: (float(v), bool(h)) for k, (v, h) in data["best"].items()}
+        # absent in snapshots written before values carried identities
+        book.ids = {str(k): MetricId.from_dict(str(k), m) for k, m in data.get("ids", {}).items()}
         return book
 
 

@@ -365,7 +365,7 @@ class RunState:
         emission = Emission(self.spec.run_id, step, group, values, metrics,
                             {k: v for k, (_, v) in carried.items() if k not in values})
         if group != "console":
-            self.book.record(step, values)
+            self.book.record(step, values, metrics)
         self.outbox.append(emission)
         return emission
 

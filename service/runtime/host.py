@@ -19,6 +19,7 @@ from typing import Any
 from client._wire import Event, encode_event
 from service.core.emission import Notice, Sink
 from service.core.errors import LimitExceeded, RunConflict, UnknownRun
+from service.core.experiment import config_warnings
 from service.core.run_commands import Run
 from service.core.run_state import RunState
 from service.core.spec import RunSpec, check_run_id, parse_spec
@@ -79,6 +80,8 @@ class RunHost:
             self._append(spec.run_id, "create", {"spec": spec.to_dict()})
             run = self.add(spec)
         log.info("run %s created (%d ranks, %d tasks)", spec.run_id, spec.world_size, len(spec.tasks))
+        for warning in config_warnings(raw.get("config")):  # the stored spec no longer has what they name
+            log.warning("run %s: %s", spec.run_id, warning)
         self._publish(run, [Notice(spec.run_id, "created", -1, {"world_size": spec.world_size})])
         return self.info(spec.run_id), True
 
@@ -320,8 +323,8 @@ class RunHost:
         run = self.get(run_id)
         with run.lock:
             copied = views.copy_history(run, keys)
-        return {"run_id": run_id,
-                "series": {k: views.series(s, v, since_step, max_points) for k, (s, v) in copied.items()}}
+        return {"run_id": run_id, "series": {k: {**views.series(s, v, since_step, max_points), "metric": m}
+                                             for k, (s, v, m) in copied.items()}}
 
     def summary(self, run_id: str) -> dict[str, Any]:
         """Best values so far (final ones once finished)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from service.core.emission import MetricId
 from service.core.run_commands import Run
 
 
@@ -36,16 +37,21 @@ def rank_info(run: Run) -> list[dict[str, Any]]:
 
 def latest(run: Run) -> dict[str, Any]:
     """Latest value of every key (caller holds the run lock)."""
-    values = dict(run.state.book.latest)
+    book = run.state.book
     return {"run_id": run.spec.run_id, "step": run.state.watermark,
-            "metrics": {k: {"value": v, "step": s} for k, (v, s) in sorted(values.items())}}
+            "metrics": {k: {"value": v, "step": s, "metric": _identity(book.ids.get(k))}
+                        for k, (v, s) in sorted(book.latest.items())}}
 
 
-def copy_history(run: Run, keys: Sequence[str] | None) -> dict[str, tuple[list[int], list[float]]]:
-    """The requested series, copied (caller holds the run lock)."""
-    book = run.state.book.history
-    wanted = sorted(book) if keys is None else [k for k in keys if k in book]
-    return {k: (list(book[k][0]), list(book[k][1])) for k in wanted}
+def copy_history(run: Run, keys: Sequence[str] | None) -> dict[str, tuple[list[int], list[float], Any]]:
+    """The requested series with their identities, copied (caller holds the run lock)."""
+    book = run.state.book
+    wanted = sorted(book.history) if keys is None else [k for k in keys if k in book.history]
+    return {k: (list(book.history[k][0]), list(book.history[k][1]), _identity(book.ids.get(k))) for k in wanted}
+
+
+def _identity(metric: MetricId | None) -> dict[str, Any] | None:
+    return None if metric is None else metric.to_dict()
 
 
 def series(steps: list[int], values: list[float], since_step: int | None,

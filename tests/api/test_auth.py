@@ -9,6 +9,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Route
 
 from service.api import create_app
+from service.api.auth import OPEN_PATHS
 from service.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -32,13 +33,15 @@ async def test_every_route_needs_a_token(tmp_path) -> None:
         for method, path in routes:
             none = await api.request(method, path)
             wrong = await api.request(method, path, headers={"authorization": "Bearer nope-nope-nope"})
-            if path in ("/healthz", "/readyz"):
+            if path in OPEN_PATHS:  # the probes and the dashboard page (which asks for the token)
                 assert none.status_code == 200, path
                 continue
             assert (none.status_code, none.json()["type"]) == (401, "unauthorized"), (method, path)
             assert (wrong.status_code, wrong.json()["type"]) == (403, "forbidden"), (method, path)
         good = await api.get("/v1/runs", headers={"authorization": f"Bearer {TOKEN}"})
         assert good.status_code == 200
+        assert (await api.get("/dashboard/js/app.js")).status_code == 200  # static, no run data
+        assert (await api.get("/dashboard")).status_code == 401  # only the assets under the prefix are open
 
 
 def test_tokens_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -78,7 +78,13 @@ async def test_full_run_over_http_equals_reference(api: httpx.AsyncClient, binar
     series = (await api.get("/v1/runs/exp1/history", params={"keys": ",".join(want)})).json()["series"]
     assert {k: list(zip(v["steps"], v["values"], strict=True)) for k, v in series.items()} == want
     latest = (await api.get("/v1/runs/exp1/metrics")).json()
-    assert latest["metrics"]["train/loss"] == {"value": want["train/loss"][-1][1], "step": want["train/loss"][-1][0]}
+    loss = latest["metrics"]["train/loss"]
+    assert (loss["value"], loss["step"]) == (want["train/loss"][-1][1], want["train/loss"][-1][0])
+    assert loss["metric"] == {"kind": "window", "statistic": "loss", "phase": "train", "window": "step",
+                              "task": None, "family": None, "label": None, "direction": "min"}
+    acc = series[next(k for k in want if k.startswith("val/subset/rarity/") and "/acc3_" in k)]["metric"]
+    assert (acc["phase"], acc["window"], acc["family"], acc["statistic"], acc["direction"]) == (
+        "val", "epoch", "rarity", "acc3", "max")
     summary = (await api.get("/v1/runs/exp1/summary")).json()
     assert summary["finished"] and summary["summary"]["final_val_loss"] == min(v for _, v in want["val/loss"])
 

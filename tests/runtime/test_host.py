@@ -248,3 +248,17 @@ def test_a_blocked_sink_does_not_hold_the_run_lock() -> None:
     host.finish("r")
     groups = [e.group for e in sink.of("r")]
     assert groups.count("final") == 1 and groups[-1] == "final"
+
+
+def test_an_ignored_api_key_is_logged_when_the_run_is_created(caplog: pytest.LogCaptureFixture) -> None:
+    data = make_run(35, world_size=1, steps_per_epoch=2, epochs=1)
+    spec = data.spec("r", METRICS)
+    spec["config"]["EXPERIMENT"] = {"WANDB": {"ENABLED": False, "KEY": "do-not-store-me"}}
+    host = RunHost([MemorySink()])
+    with caplog.at_level("WARNING", logger="linnaeus_metrics.runtime"):
+        host.create_run(spec)
+        host.create_run(spec)  # the same spec again: not a new run, no second warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["run r: EXPERIMENT.WANDB.KEY is ignored: the service uses its own WANDB_API_KEY"]
+    assert "KEY" not in host.info("r")["config"]["EXPERIMENT"]["WANDB"]
+    assert "do-not-store-me" not in caplog.text

@@ -19,7 +19,11 @@ router = APIRouter(prefix="/v1/runs/{run_id}", tags=["metrics"], responses=ERROR
 
 @router.get("/metrics")
 async def latest_metrics(run_id: str, host: HostDep) -> dict[str, Any]:
-    """Latest value of every key: ``{"run_id", "step", "metrics": {key: {"value", "step"}}}``."""
+    """Latest value of every key: ``{"run_id", "step", "metrics": {key: {"value", "step", "metric"}}}``.
+
+    ``metric`` is the key's identity (kind, statistic, phase, window, task, family, label,
+    direction), or null for a value recorded before identities were kept.
+    """
     return await to_thread.run_sync(host.metrics, run_id)
 
 
@@ -31,7 +35,7 @@ async def history(
     since_step: Annotated[int | None, Query(ge=0)] = None,
     max_points: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
 ) -> dict[str, Any]:
-    """Series of the requested keys: ``{"series": {key: {"steps", "values"}}}``."""
+    """Series of the requested keys: ``{"series": {key: {"steps", "values", "metric"}}}``."""
     wanted = [k for k in keys.split(",") if k] if keys is not None else None
     return await to_thread.run_sync(host.history, run_id, wanted, since_step, max_points)
 
