@@ -168,6 +168,7 @@ class ReplicaHost(RunHost):
 
     def delete_run(self, run_id: str) -> None:
         """Delete the owned run, then give its lease up."""
+        self.get(run_id)  # take it over first: the base class holds the host lock while it deletes
         self._writing(run_id, lambda: super(ReplicaHost, self).delete_run(run_id))
         self.ownership.release(run_id)
 

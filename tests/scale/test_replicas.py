@@ -38,3 +38,9 @@ def test_runs_spread_over_three_replicas_each_exact_and_read_alike_everywhere(cl
     reply = httpx.post(f"{other.url}/v1/runs/run-0/sessions?x=1", json={"rank": 0}, timeout=10)
     assert reply.status_code == 307 and reply.headers["location"] == f"{owner.url}/v1/runs/run-0/sessions?x=1"
     assert reply.json()["type"] == "not_owner"
+    # deleted through its owner (a replica that does not own it redirects), then gone everywhere
+    assert httpx.delete(f"{other.url}/v1/runs/run-0", timeout=10).status_code == 307
+    assert httpx.delete(f"{other.url}/v1/runs/run-0", timeout=30, follow_redirects=True).status_code == 200
+    for url in cluster.urls:
+        assert httpx.get(f"{url}/v1/runs/run-0/metrics", timeout=10).status_code == 404
+        assert [r["run_id"] for r in httpx.get(f"{url}/v1/runs", timeout=10).json()["runs"]] == ["run-1", "run-2"]
