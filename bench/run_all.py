@@ -22,7 +22,8 @@ RESULTS = HERE / "results" / "latest.txt"
 # (script, extra args, hard timeout s); the scripts' own budgets keep them well inside
 SCRIPTS = [
     ("client_cost.py", ["--budget-s", "260"], 420),
-    ("ingest.py", ["--budget-s", "200"], 300),
+    ("client_ratio.py", ["--budget-s", "200"], 660),
+    ("ingest.py", ["--budget-s", "300"], 420),
     ("memory.py", ["--budget-s", "200"], 300),
     ("freshness.py", ["--budget-s", "90"], 180),
     ("recovery.py", [], 420),

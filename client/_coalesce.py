@@ -23,12 +23,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from client._fastpath import PackedBatch, Record, raw_label_bytes, unpacked
+from client._fastpath import RECORD_OVERHEAD_BYTES, PackedBatch, Record, raw_label_bytes, unpacked
 from client._wire import BatchEvent, Event, Labels, ScalarEvent, encode_event
 
 Key = tuple[Hashable, ...]
-
-RECORD_OVERHEAD_BYTES = 128
 
 
 def coalesce_key(event: Record, barrier: int) -> Key | None:
@@ -37,8 +35,7 @@ def coalesce_key(event: Record, barrier: int) -> Key | None:
         return (event.kind, barrier, event.step)
     if isinstance(event, PackedBatch):  # the key its BatchEvent has: packed and unpacked records merge
         return ("batch", barrier, event.step, event.epoch, event.phase, event.losses is None, True,
-                tuple(sorted(event.task_losses)), tuple(sorted(event.subsets)),
-                tuple(sorted(zip(event.layout.names, event.layout.ks, strict=True))))
+                tuple(sorted(event.task_losses)), tuple(sorted(event.subsets)), event.layout.task_ks)
     if not isinstance(event, BatchEvent):
         return None
     return (
@@ -58,7 +55,7 @@ def coalesce_key(event: Record, barrier: int) -> Key | None:
 def record_nbytes(event: Record) -> int:
     """A cheap estimate of a record's encoded size."""
     if isinstance(event, PackedBatch):
-        return RECORD_OVERHEAD_BYTES + event.flat.nbytes + raw_label_bytes(event.subsets)
+        return event.nbytes
     if isinstance(event, ScalarEvent):
         return RECORD_OVERHEAD_BYTES + 48 * len(event.values)
     if not isinstance(event, BatchEvent):

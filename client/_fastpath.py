@@ -3,9 +3,11 @@
 numpy integer arrays for every task, str label lists: one concatenation copies every
 array (callers reuse their buffers) and one comparison against cached bounds checks every
 class index at once; the shapes and dtypes of a batch are checked once per layout and
-then looked up. Labels are only checked against the names already seen and kept as a
-tuple (no list for the garbage collector to walk while the record waits in the queue);
-their dictionary encoding is left to the sender thread (``encode_labels``). Anything
+then looked up. Label lists are only checked against the names already seen and kept as
+a tuple (no list for the garbage collector to walk while the record waits in the queue);
+their dictionary encoding is left to the sender thread (``encode_labels``). numpy str
+arrays are coded at once against the family's known labels (``client._labels``: no str
+object per sample), and the sender keeps only the labels used. Anything
 unusual returns ``None`` and the caller takes the thorough path, whose errors name the
 argument and the bad value.
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from client._labels import LabelCoder, Vocabulary, compact
 from client._wire import (
     MAX_TOPK,
     MIN_TOPK,
@@ -34,6 +37,7 @@ from client._wire import (
 
 #: Marks labels not dictionary-encoded yet: ``subsets[family] == (labels per sample, RAW_CODES)``.
 RAW_CODES = np.empty(0, dtype=np.int64)
+RECORD_OVERHEAD_BYTES = 128  # a record's fields besides its arrays, encoded
 MAX_LAYOUTS = 64  # distinct (shapes, dtypes) remembered; batch sizes vary little in practice
 
 _ARRAY_TYPES = {np.ndarray}
@@ -44,10 +48,11 @@ _SHAPE_AND_DTYPE = operator.attrgetter("shape", "dtype")
 class _Layout:
     """Where each task's arrays lie in the concatenated buffer, and their bounds."""
 
-    __slots__ = ("bound", "dtype", "ks", "names", "size", "slices")
+    __slots__ = ("bound", "dtype", "ks", "names", "size", "slices", "task_ks")
 
     def __init__(self, names: Sequence[str], size: int, ks: Sequence[int], limits: Sequence[int]) -> None:
         self.names, self.size, self.ks = list(names), size, tuple(ks)
+        self.task_ks = tuple(sorted(zip(self.names, self.ks, strict=True)))  # part of the merge key
         self.dtype = index_type(max(limits))  # what the checked buffer is kept as while it waits
         counts = [size] * len(ks) + [size * k for k in ks]
         self.bound = np.repeat(np.array([*limits, *limits], dtype=np.uint64), counts)
@@ -63,7 +68,7 @@ class PackedBatch:
     only copies and checks.
     """
 
-    __slots__ = ("epoch", "flat", "layout", "losses", "phase", "step", "subsets", "task_losses", "time")
+    __slots__ = ("epoch", "flat", "layout", "losses", "nbytes", "phase", "step", "subsets", "task_losses", "time")
     kind = "batch"
 
     def __init__(self, step: int, epoch: int, phase: str, time: float, flat: np.ndarray, layout: _Layout,
@@ -71,6 +76,7 @@ class PackedBatch:
         self.step, self.epoch, self.phase, self.time = step, epoch, phase, time
         self.flat, self.layout = flat, layout
         self.losses, self.task_losses, self.subsets = losses, task_losses, subsets
+        self.nbytes = RECORD_OVERHEAD_BYTES + flat.nbytes + raw_label_bytes(subsets)  # its encoded size, about
 
     @property
     def batch_size(self) -> int:
@@ -102,7 +108,7 @@ class PackedBatch:
         if self.task_losses:
             out["task_losses"] = {t: v[0] for t, v in self.task_losses.items()}
         if self.subsets:
-            out["subsets"] = {f: encode_subset(*_dictionary(labels), True) for f, (labels, _) in self.subsets.items()}
+            out["subsets"] = {f: encode_subset(*_encoded(labels), True) for f, labels in self.subsets.items()}
         return out
 
 
@@ -121,6 +127,7 @@ class FastBatches:
         self.min_k = [min(MIN_TOPK, t.num_classes) for t in tasks]
         self._layouts: dict[tuple[Any, ...], _Layout] = {}
         self._labels: dict[str, set[str]] = {}
+        self._coders: dict[str, LabelCoder] = {}
 
     def build(self, step: int, epoch: int, phase: str, time: float, loss: Any, task_losses: Any,
               targets: Any, topk: Any, subsets: Any) -> PackedBatch | None:
@@ -190,11 +197,15 @@ class FastBatches:
             return None
         out: dict[str, Labels] = {}
         for family, labels in subsets.items():
-            if type(labels) is not list:
-                if type(labels) is not np.ndarray or labels.dtype.kind != "U" or labels.ndim != 1:
+            if type(labels) is np.ndarray:
+                if labels.dtype.kind != "U" or labels.shape != (size,):
                     return None
-                labels = labels.tolist()  # numpy str arrays: str objects once, then as a list
-            if len(labels) != size:
+                coded = self._coded(family, labels)
+                if coded is not None:
+                    out[family] = coded
+                    continue
+                labels = labels.tolist()  # no lookup table for these labels: one str per sample
+            if type(labels) is not list or len(labels) != size:
                 return None
             seen = self._labels.get(family)
             try:  # the steady state: no new label
@@ -205,6 +216,19 @@ class FastBatches:
                 return None
             out[family] = (tuple(labels), RAW_CODES)
         return out
+
+    def _coded(self, family: Any, labels: np.ndarray) -> Labels | None:
+        """A numpy str array's codes, computed at once (``client._labels``); None: check it as a list."""
+        coder = self._coders.get(family)
+        if coder is not None:
+            codes = coder.encode(labels)
+            if codes is not None or not coder.has_table(labels):
+                return None if codes is None else (coder.vocabulary, codes)
+        if not self._learn(family, np.unique(labels).tolist()):  # new labels (rare): check and learn them
+            return None
+        coder = self._coders[family] = LabelCoder(self._labels[family])
+        codes = coder.encode(labels)
+        return None if codes is None else (coder.vocabulary, codes)
 
     def _learn(self, family: Any, labels: list[Any]) -> bool:
         """Remember the new labels of ``family``; False if the family or a label is not a valid name."""
@@ -237,12 +261,19 @@ def unpacked(record: Record) -> Event:
 
 
 def encode_labels(event: Event) -> Event:
-    """Dictionary-encode labels left raw by the fast path (on the sender thread)."""
+    """Dictionary-encode labels left raw or coded against all known labels by the fast path (sender thread)."""
     if isinstance(event, BatchEvent):
-        for family, (labels, codes) in event.subsets.items():
-            if codes is RAW_CODES:
-                event.subsets[family] = _dictionary(labels)
+        for family, labels in event.subsets.items():
+            if labels[1] is RAW_CODES or type(labels[0]) is Vocabulary:
+                event.subsets[family] = _encoded(labels)
     return event
+
+
+def _encoded(labels: Labels) -> Labels:
+    vocabulary, codes = labels
+    if type(vocabulary) is Vocabulary:
+        return compact(vocabulary, codes)
+    return _dictionary(vocabulary) if codes is RAW_CODES else labels
 
 
 def _dictionary(labels: Sequence[str]) -> Labels:
@@ -256,5 +287,6 @@ def _dictionary(labels: Sequence[str]) -> Labels:
 
 
 def raw_label_bytes(labels: Mapping[str, Labels]) -> int:
-    """Encoded size estimate of raw labels (one int per sample)."""
-    return sum(4 * len(v) for v, codes in labels.values() if codes is RAW_CODES)
+    """Encoded size estimate of labels left to the sender (one int per sample when raw)."""
+    return sum(4 * len(v) if codes is RAW_CODES else codes.nbytes for v, codes in labels.values()
+               if codes is RAW_CODES or type(v) is Vocabulary)

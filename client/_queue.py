@@ -1,16 +1,18 @@
 """The bounded queue of records waiting to be sent.
 
-``put`` is O(1) until the queue is full. Then, in order: the new record merges into the
-latest queued record with the same key; else records that gained a same-key neighbour
-since the last compaction are merged (``client._coalesce``: lossless); else the oldest
-*data* record is dropped. Control records (end_epoch, complete, checkpoint) are never
-dropped and never refused: they are rare and the service's bookkeeping depends on them.
+``put`` is O(1) amortised, full or not. When the queue is full, in order: the new record
+merges into the latest queued record with the same key; else records that gained a
+mergeable same-key neighbour are merged (``client._coalesce``: lossless), until one slot
+is free; else the oldest *data* record is dropped. Control records (end_epoch, complete,
+checkpoint) are never dropped and never refused: they are rare and the service's
+bookkeeping depends on them.
 
 Merging is lazy: an entry keeps its parts and ``take`` hands them out, so the caller
-builds the merged record outside its lock. Keys are lazy too: while the queue has room
-(the normal case) ``put`` only appends; the first time it is full, every queued record's
-key is computed and the index is kept until the queue drains. Not thread-safe: the worker
-holds its lock.
+builds the merged record outside its lock. Keys are lazy too: while the queue is less
+than half full (the normal case) ``put`` only appends. From half full on, each ``put``
+keys three records, oldest first, so the index is complete by the time the queue is full
+and no single ``put`` computes the keys of the whole queue. The index is kept until the
+queue drains. Not thread-safe: the worker holds its lock.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from client._wire import BatchEvent, ScalarEvent
 
 MAX_RECORD_BYTES = 4 * 2**20
 MAX_RECORD_SAMPLES = 16_384  # well under the service's default limit per record (65,536)
+LINKS_PER_PUT = 3  # records keyed per put from half full: the backlog is gone before the queue is full
 
 
 @dataclass(eq=False, slots=True)
@@ -33,16 +36,35 @@ class _Entry:
     parts: list[Record] = field(default_factory=list)
     barrier: int = 0  # control records queued before this one (records never merge across one)
     control: bool = False
-    key: Key | None = None  # computed once the queue is indexed
+    key: Key | None = None  # computed from half full on
     alive: bool = True
 
     def can_take(self, nbytes: int, samples: int, max_bytes: int) -> bool:
         return self.nbytes + nbytes <= max_bytes and self.samples + samples <= MAX_RECORD_SAMPLES
 
-    def take_in(self, parts: list[Record], nbytes: int, samples: int) -> None:
-        self.parts.extend(parts)
-        self.nbytes += nbytes
-        self.samples += samples
+    def take_in(self, other: _Entry) -> None:
+        self.parts.extend(other.parts)
+        self.nbytes += other.nbytes
+        self.samples += other.samples
+
+
+def _entry(event: Record, barrier: int) -> _Entry:
+    if type(event) is PackedBatch:  # the common case first
+        return _Entry(event.nbytes, event.layout.size, [event], barrier)
+    control = not isinstance(event, BatchEvent | ScalarEvent)
+    return _Entry(record_nbytes(event), record_samples(event), [event], barrier, control)
+
+
+@dataclass(eq=False, slots=True)
+class _Group:
+    """The queued records of one key, oldest first.
+
+    ``entries[:clean]`` were compacted: none of them fits into the one before it, and only
+    the last of them can still grow, so compaction resumes at ``clean``.
+    """
+
+    entries: list[_Entry] = field(default_factory=list)
+    clean: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,7 @@ class Admission:
 
 
 _ADMITTED = Admission()
+
 
 class EventQueue:
     """A FIFO of at most ``max_items`` records (merged records count once).
@@ -69,10 +92,13 @@ class EventQueue:
         self._reset()
 
     def _reset(self) -> None:
-        self._entries: deque[_Entry] = deque()
-        self._by_key: dict[Key, list[_Entry]] = {}
-        self._dirty: set[Key] = set()
-        self._indexed = False
+        self._entries: deque[_Entry] = deque()  # every record in order (dead ones skipped)
+        self._data: deque[_Entry] = deque()  # data records in order: the drop candidates
+        self._unlinked: deque[_Entry] = deque()  # data records without a key yet, in order
+        self._groups: dict[Key, _Group] = {}
+        self._dirty: deque[Key] = deque()  # groups that may merge, in the order they became so
+        self._dirty_set: set[Key] = set()
+        self._linking = False
         self._live = 0
         self._records = 0
         self._barriers = 0
@@ -88,19 +114,24 @@ class EventQueue:
     def put(self, event: Record) -> Admission:
         """Queue ``event``, merging or dropping data records when full."""
         if self._live < self.max_items:
-            self._append(event)
+            self._append(_entry(event, self._barriers))
+            if 2 * self._live >= self.max_items:
+                self._link_some(LINKS_PER_PUT)
             return _ADMITTED
-        self._index()
-        key = coalesce_key(event, self._barriers)
-        if key is not None and self._absorb(key, event):
-            return Admission(coalesced=1)
-        coalesced = self._compact()
+        self._link_some(len(self._unlinked))
+        entry = _entry(event, self._barriers)
+        if not entry.control:
+            entry.key = coalesce_key(event, entry.barrier)
+            if self._absorb(entry):
+                return Admission(coalesced=1)
+        coalesced = self._compact_until_room()
         dropped = 0
         if self._live >= self.max_items:
             dropped = self._drop_oldest_data()
-            if not dropped and key is not None:
+            if not dropped and not entry.control:
                 return Admission(coalesced, dropped=1)  # only control records queued
-        self._append(event)
+        self._append(entry)
+        self._sweep()
         return Admission(coalesced, dropped)
 
     def take(self, max_events: int, max_bytes: int) -> list[list[Record]]:
@@ -113,9 +144,9 @@ class EventQueue:
                 break
             self._entries.popleft()
             if entry.alive:
-                self._forget(entry)
                 taken.append(entry.parts)
                 size += entry.nbytes
+                self._forget(entry)
         return taken
 
     def clear(self) -> int:
@@ -124,87 +155,124 @@ class EventQueue:
         self._reset()
         return dropped
 
-    def _append(self, event: Record) -> None:
-        control = not isinstance(event, BatchEvent | PackedBatch | ScalarEvent)
-        entry = _Entry(record_nbytes(event), record_samples(event), [event], self._barriers, control)
-        self._barriers += control
+    def _append(self, entry: _Entry) -> None:
+        self._barriers += entry.control
         self._entries.append(entry)
         self._live += 1
         self._records += 1
-        if self._indexed:
-            self._link(entry)
-
-    def _index(self) -> None:
-        """Compute the keys of every queued record (once, when the queue first fills up)."""
-        if self._indexed:
-            return
-        self._indexed = True
-        for entry in self._entries:
-            if entry.alive:
-                self._link(entry)
-
-    def _link(self, entry: _Entry) -> None:
         if entry.control:
             return
-        entry.key = coalesce_key(entry.parts[0], entry.barrier)
-        assert entry.key is not None
-        same = self._by_key.setdefault(entry.key, [])
-        if same:
-            self._dirty.add(entry.key)
-        same.append(entry)
+        self._data.append(entry)
+        if self._linking and not self._unlinked:  # keyed in logging order: groups stay FIFO
+            self._link(entry)
+        else:
+            self._unlinked.append(entry)
 
-    def _absorb(self, key: Key, event: Record) -> bool:
-        same = self._by_key.get(key)
-        nbytes, samples = record_nbytes(event), record_samples(event)
-        if not same or not same[-1].can_take(nbytes, samples, self.max_record_bytes):
+    def _link_some(self, count: int) -> None:
+        """Key ``count`` of the oldest records without one; new records are keyed on arrival."""
+        self._linking = True
+        unlinked = self._unlinked
+        for _ in range(min(count, len(unlinked))):
+            self._link(unlinked.popleft())
+
+    def _link(self, entry: _Entry) -> None:
+        if entry.key is None:
+            entry.key = coalesce_key(entry.parts[0], entry.barrier)
+            assert entry.key is not None
+        group = self._groups.get(entry.key)
+        if group is None:
+            group = self._groups[entry.key] = _Group()
+        entries = group.entries
+        if group.clean == len(entries) and not (
+            entries and entries[-1].can_take(entry.nbytes, entry.samples, self.max_record_bytes)
+        ):
+            group.clean += 1  # nothing to merge it with: the group stays compacted
+        elif entry.key not in self._dirty_set:
+            self._dirty_set.add(entry.key)
+            self._dirty.append(entry.key)
+        entries.append(entry)
+
+    def _absorb(self, entry: _Entry) -> bool:
+        group = self._groups.get(entry.key)  # type: ignore[arg-type]
+        if group is None or not group.entries[-1].can_take(entry.nbytes, entry.samples, self.max_record_bytes):
             return False
-        same[-1].take_in([event], nbytes, samples)
+        group.entries[-1].take_in(entry)
         self._records += 1
         return True
 
-    def _compact(self) -> int:
-        merged = sum(self._compact_key(key) for key in self._dirty)
-        self._dirty.clear()
-        if len(self._entries) > 2 * self._live + 16:
-            self._entries = deque(e for e in self._entries if e.alive)
+    def _compact_until_room(self) -> int:
+        """Merge dirty groups, oldest first, until one slot is free or none is left."""
+        merged = 0
+        while self._dirty and self._live >= self.max_items:
+            key = self._dirty.popleft()
+            self._dirty_set.discard(key)
+            group = self._groups.get(key)
+            if group is not None:
+                merged += self._compact(group)
         return merged
 
-    def _compact_key(self, key: Key) -> int:
-        survivors: list[_Entry] = []
-        for entry in self._by_key.get(key, ()):
-            target = survivors[-1] if survivors else None
-            if target is None or not target.can_take(
-                entry.nbytes, entry.samples, self.max_record_bytes
-            ):
-                survivors.append(entry)
+    def _compact(self, group: _Group) -> int:
+        entries = group.entries
+        kept = entries[: max(group.clean, 1)]
+        for entry in entries[len(kept):]:
+            target = kept[-1]
+            if not target.can_take(entry.nbytes, entry.samples, self.max_record_bytes):
+                kept.append(entry)
                 continue
-            target.take_in(entry.parts, entry.nbytes, entry.samples)
-            entry.alive = False
+            target.take_in(entry)
+            entry.alive, entry.parts = False, []
             self._live -= 1
-        merged = len(self._by_key.get(key, ())) - len(survivors)
-        if survivors:
-            self._by_key[key] = survivors
-        return merged
+        group.entries, group.clean = kept, len(kept)
+        return len(entries) - len(kept)
 
     def _drop_oldest_data(self) -> int:
-        for entry in self._entries:
-            if entry.alive and not entry.control:
-                entry.alive = False
-                self._forget(entry)
-                return len(entry.parts)
+        while self._data:
+            entry = self._data[0]
+            if not entry.alive:
+                self._data.popleft()
+                continue
+            dropped = len(entry.parts)
+            self._forget(entry)
+            entry.alive, entry.parts = False, []  # its arrays go now, not when the entry leaves
+            return dropped
         return 0
 
     def _forget(self, entry: _Entry) -> None:
         """Unlink a live entry that leaves the queue (it is the oldest of its key)."""
         self._live -= 1
         self._records -= len(entry.parts)
-        if not self._live:  # drained: back to plain appends
-            self._by_key.clear()
-            self._dirty.clear()
-            self._indexed = False
-        if entry.key is None or not self._indexed:
+        if not self._live:  # drained: back to plain appends (dead entries are left to skip)
+            self._reset_index()
             return
-        same = self._by_key[entry.key]
-        same.remove(entry)
-        if not same:
-            del self._by_key[entry.key]
+        if entry.control:
+            return
+        data = self._data
+        while data[0] is not entry:  # dead records merged away or dropped before it
+            data.popleft()
+        data.popleft()
+        if entry.key is None:  # the oldest unkeyed record
+            self._unlinked.popleft()
+            return
+        group = self._groups[entry.key]
+        del group.entries[0]
+        group.clean = max(group.clean - 1, 0)
+        if not group.entries:
+            del self._groups[entry.key]
+
+    def _reset_index(self) -> None:
+        self._data.clear()
+        self._unlinked.clear()
+        self._groups.clear()
+        self._dirty.clear()
+        self._dirty_set.clear()
+        self._linking = False
+
+    def _sweep(self) -> None:
+        """Forget dead entries once they outnumber the live ones (amortised O(1))."""
+        entries = self._entries
+        while entries and not entries[0].alive:
+            entries.popleft()
+        if len(entries) > 2 * self._live + 16:
+            self._entries = deque(e for e in entries if e.alive)
+        if len(self._data) > 2 * self._live + 16:
+            self._data = deque(e for e in self._data if e.alive)

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     wandb_mode: str | None = Field(None, pattern="^(online|offline|disabled)$")
     console_enabled: bool = True
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
+    stream_buffer_events: int = Field(10_000, ge=16)
+    stream_reader_queue_events: int = Field(1_000, ge=16)
+    stream_heartbeat_s: float = Field(15.0, gt=0)
+    stream_drop_grace_s: float = Field(1.0, ge=0)
+    stall_alert_s: float = Field(600.0, gt=0)
+    export_run_metrics: bool = False
+    export_max_runs: int = Field(50, ge=1)
 
     @field_validator("auth_tokens", mode="before")
     @classmethod

@@ -12,15 +12,19 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+import anyio
 from anyio import to_thread
 from fastapi import FastAPI
 
 from service.api.auth import BearerAuth
 from service.api.errors import install_error_handlers
-from service.api.routes import dashboard, health, ingest, metrics, runs, snapshots
+from service.api.routes import dashboard, health, ingest, metrics, runs, snapshots, stream
+from service.api.run_export import RunExport
+from service.api.stream_hub import StreamHub
 from service.api.telemetry import RequestMetrics, Telemetry
 from service.core.emission import Sink
 from service.core.errors import StoreError, StoreUnavailable
+from service.runtime.alert_log import AlertLog
 from service.runtime.fencing import SharedStore
 from service.runtime.host import RunHost
 from service.runtime.replica import ReplicaHost
@@ -63,9 +67,9 @@ def _open_store(settings: Settings, app: FastAPI) -> Store | None:
         return None
 
 
-def _make_host(settings: Settings, sinks: list[Sink], store: Store | None) -> RunHost:
+def _make_host(settings: Settings, sinks: list[Sink], store: Store | None, listeners: list[Any]) -> RunHost:
     options: dict[str, Any] = {"max_runs": settings.max_runs, "history_max_points": settings.history_max_points,
-                               "image_every_events": settings.snapshot_every_events}
+                               "image_every_events": settings.snapshot_every_events, "listeners": listeners}
     if settings.store is None or store is None:
         return RunHost(sinks, store=store, **options)
     shared = cast("SharedStore", store)  # a PostgresStore (``_open_store``)
@@ -134,6 +138,16 @@ def _recover(host: RunHost, store: Store, app: FastAPI) -> None:
     app.state.ready = True
 
 
+async def _watch_stalls(host: RunHost, threshold_s: float) -> None:
+    """Ask the runtime for stalled ranks a few times per threshold, off the event loop."""
+    while True:
+        await anyio.sleep(min(30.0, threshold_s / 4))
+        try:
+            await to_thread.run_sync(host.check_stalls, threshold_s)
+        except Exception:  # the store may be unavailable: the next round tries again
+            log.exception("stall check failed")
+
+
 def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = None) -> FastAPI:
     """Build the service app.
 
@@ -147,17 +161,23 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chosen = list(sinks) if sinks is not None else default_sinks(settings)
         store = app.state.store = _open_store(settings, app)
-        host = app.state.host = _make_host(settings, chosen, store)
+        host = app.state.host = _make_host(settings, chosen, store, [app.state.stream, AlertLog()])
         app.state.telemetry.watch(host)
+        if settings.export_run_metrics:
+            app.state.telemetry.registry.register(RunExport(host, settings.export_max_runs))
         if isinstance(host, ReplicaHost):
             await to_thread.run_sync(_connect_shared, host, app)
         elif store is not None:
             await to_thread.run_sync(_recover, host, store, app)
             app.state.telemetry.recovery.set(getattr(app.state, "recovery_s", 0.0))
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_watch_stalls, host, settings.stall_alert_s)
+                yield
+                tasks.cancel_scope.cancel()
         finally:
             app.state.ready = False
+            app.state.stream.close()
             # uvicorn stopped accepting and drained requests; sinks finish within the deadline,
             # then the final images make the next start quick
             for sink in chosen:
@@ -177,8 +197,10 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     app.state.store = None
     app.state.stop_watch = threading.Event()
     app.state.telemetry = Telemetry()
+    app.state.stream = StreamHub(settings.stream_buffer_events, settings.stream_reader_queue_events)
+    app.state.telemetry.watch_stream(app.state.stream)
     install_error_handlers(app)
-    for module in (health, runs, ingest, metrics, snapshots):
+    for module in (health, runs, ingest, metrics, snapshots, stream):
         app.include_router(module.router)
     dashboard.install(app)
     app.add_middleware(RequestMetrics, telemetry=app.state.telemetry)

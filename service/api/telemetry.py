@@ -30,9 +30,28 @@ class Telemetry:
         self.recovery = Gauge("linnaeus_recovery_seconds", "Time the last start spent recovering runs",
                               registry=self.registry)
 
+    def watch_stream(self, hub: Any) -> None:
+        """Read the live stream's figures (a StreamHub) at scrape time."""
+        self.registry.register(_StreamCollector(hub))
+
     def watch(self, source: Any) -> None:
         """Read run and sink figures from ``source`` (the RunHost) at scrape time."""
         self.registry.register(_RegistryCollector(source))
+
+
+class _StreamCollector(Collector):
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Any]:
+        figures = self.hub.figures()
+        readers = GaugeMetricFamily("linnaeus_stream_readers", "Connected readers of run streams")
+        readers.add_metric([], figures["readers"])
+        messages = CounterMetricFamily("linnaeus_stream_messages", "Messages published to run streams")
+        messages.add_metric([], figures["published"])
+        dropped = CounterMetricFamily("linnaeus_stream_dropped_readers", "Stream readers dropped for falling behind")
+        dropped.add_metric([], figures["dropped_readers"])
+        yield from (readers, messages, dropped)
 
 
 class RequestMetrics:

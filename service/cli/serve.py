@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
@@ -31,14 +34,17 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--replica-id", help="this replica's id among those sharing the store (default: host-pid-rnd)")
     serve.add_argument("--advertised-url", help="where other replicas send clients for runs this one owns")
     serve.add_argument("--lease-ttl-s", type=float, help="how long a run's lease lasts without renewal (default 5)")
+    serve.add_argument("--export-run-metrics", action="store_true", default=None,
+                       help="export each run's core/ values and rank lags on /metrics")
     serve.set_defaults(func=_serve)
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
     """Flags over environment over the settings file over defaults."""
     values = {k: v for k, v in _file_values(args.config).items() if f"{ENV_PREFIX}{k.upper()}" not in os.environ}
-    flags = {k: getattr(args, k, None) for k in ("host", "port", "data_dir", "auth_tokens", "log_level", "store",
-                                              "replica_id", "advertised_url", "lease_ttl_s")}
+    flags = {k: getattr(args, k, None) for k in ("host", "port", "data_dir", "auth_tokens", "log_level",
+                                                 "export_run_metrics", "store", "replica_id", "advertised_url",
+                                                 "lease_ttl_s")}
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
         return Settings(**values)
@@ -64,6 +70,30 @@ def check_data_dir(path: Path) -> None:
         raise CliError(f"data dir {path} is not usable: {exc.strerror or exc}") from exc
 
 
+def _server(config: Any, on_exit: Callable[[], None]) -> Any:
+    """A uvicorn server that calls ``on_exit`` on its event loop as soon as it is told to stop.
+
+    uvicorn waits for open responses before the lifespan shuts down, and an event stream
+    never ends by itself: without this, one open dashboard would hold a SIGTERM for the
+    whole graceful timeout. ``on_exit`` runs on the loop, not inside the signal handler.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().startup(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(on_exit)
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     check_data_dir(settings.data_dir)
@@ -72,9 +102,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from service.api import create_app
 
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, workers=1,
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1,
                             log_level=settings.log_level, timeout_graceful_shutdown=int(settings.shutdown_timeout_s))
-    server = uvicorn.Server(config)
+    server = _server(config, app.state.stream.close)
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits on a bind failure after logging it

@@ -21,7 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from client._wire import BatchEvent, Event
+from client._wire import BatchEvent, Event, ScalarEvent
+from service.core.alerts import Alert, AlertBook, parse_rules
+from service.core.emission import Emission
 from service.core.errors import CheckpointPending, InvalidInput
 from service.core.run_state import RunState
 from service.core.sessions import Session, SessionTable
@@ -56,6 +58,17 @@ class Run:
     lock: threading.Lock = field(default_factory=threading.Lock)
     events_since_image: int = 0
     new_checkpoints: list[str] = field(default_factory=list)  # taken, not yet persisted by the runtime
+    alerts: AlertBook = field(default_factory=AlertBook)
+    new_alerts: list[Alert] = field(default_factory=list)  # fired, not yet handed out by the runtime
+    markers: list[dict[str, Any]] = field(default_factory=list)  # checkpoints and restores on the step axis
+    # wall-clock times the runtime sets (the core never reads a clock); created_at is journaled
+    created_at: float | None = None
+    updated_at: float | None = None
+    last_seen: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.alerts.rules:
+            self.alerts.rules = parse_rules(self.spec.config)
 
     # ------------------------------------------------------------ sessions
 
@@ -75,6 +88,7 @@ class Run:
         if self.generation is not None and attempt_died and self.base is not None:
             self._reset(open_snapshot(self.base, self.spec))
             self.counters["resets"] += 1
+            self._rolled_back(self.generation)
         return [s.id for s in replaced]
 
     # ------------------------------------------------------------ deliveries
@@ -92,10 +106,12 @@ class Run:
     def apply_delivery(self, plan: DeliveryPlan) -> dict[str, int]:
         """Apply a checked delivery; returns ``{acked_seq, applied, ignored}``."""
         session, fresh, counted = plan.session, plan.fresh, plan.counted
+        first = len(self.state.outbox)
         if fresh:
             if counted:
                 self.state.apply(session.rank, fresh)
                 session.applied += len(fresh)
+                self._judge(first, session.rank, fresh)
             session.next_seq += len(fresh)
             self._count(fresh, counted)
             self._keep_checkpoints()
@@ -116,10 +132,41 @@ class Run:
         self.counters["events"] += len(fresh)
         self.counters["samples"] += sum(e.batch_size for e in fresh if isinstance(e, BatchEvent))
 
+    def _judge(self, first: int, rank: int, fresh: Sequence[Event]) -> None:
+        """Alerts of what the delivery emitted and of its ranks' non-finite reports."""
+        self.alerts.seen(rank)
+        for event in fresh:
+            if isinstance(event, ScalarEvent):
+                self.new_alerts += self.alerts.observe_scalars(rank, event.kind, event.step, event.values)
+        self._judge_emissions(self.state.outbox[first:])
+
+    def _judge_emissions(self, emissions: Sequence[Emission]) -> None:
+        for emission in emissions:
+            if emission.group == "console":  # the same values again, at the console's pace
+                continue
+            directions = {k: m.direction for k, m in emission.metrics.items()}
+            self.new_alerts += self.alerts.observe(emission.step, emission.values, directions)
+
+    def seen(self, rank: int, at: float | None) -> None:
+        """A session or delivery of ``rank`` arrived at wall time ``at`` (journaled by the runtime)."""
+        if at is not None:
+            self.updated_at = self.last_seen[rank] = at
+
+    def record_alert(self, alert: Alert) -> None:
+        """Keep an alert the runtime decided and journaled (a stall)."""
+        self.alerts.record(alert)
+        self.new_alerts.append(alert)
+
+    def _rolled_back(self, snapshot_id: str) -> None:
+        step = self.state.watermark
+        self.markers.append({"kind": "restore", "step": step, "id": snapshot_id})
+        self.new_alerts += self.alerts.restored(step, snapshot_id)
+
     def _keep_checkpoints(self) -> None:
         for checkpoint_id, state in self.state.cuts.drain_taken():
             self.checkpoints[checkpoint_id] = make_snapshot(self.spec, state, checkpoint_id)
             self.new_checkpoints.append(checkpoint_id)
+            self.markers.append({"kind": "checkpoint", "step": int(state["watermark"]), "id": checkpoint_id})
             while len(self.checkpoints) > MAX_CHECKPOINTS_IN_MEMORY:
                 self.checkpoints.popitem(last=False)
 
@@ -155,6 +202,7 @@ class Run:
             self.generation, self.base = snapshot_id, dict(snapshot)
             self._reset(state)
             self.counters["restores"] += 1
+            self._rolled_back(snapshot_id)
         session.restore_id = snapshot_id
         return {"restored": True, "snapshot_id": snapshot_id, "cut": snapshot["cut"]}
 
@@ -170,7 +218,9 @@ class Run:
     def finish(self) -> dict[str, float]:
         """Close windows and epochs and write the final summary (idempotent)."""
         if not self.state.finished:
+            first = len(self.state.outbox)
             self.state.finish()
+            self._judge_emissions(self.state.outbox[first:])
         return self.state.book.best_values()
 
     # ------------------------------------------------------------ recovery images
@@ -181,6 +231,8 @@ class Run:
             "spec": self.spec.to_dict(), "state": self.state.to_dict(internal=True),
             "sessions": self.sessions.to_dict(), "generation": self.generation,
             "counters": dict(self.counters), "checkpoint_ids": list(self.checkpoints),
+            "alerts": self.alerts.to_dict(), "markers": list(self.markers), "created_at": self.created_at,
+            "updated_at": self.updated_at, "last_seen": {str(r): t for r, t in self.last_seen.items()},
         }
 
     @classmethod
@@ -191,4 +243,8 @@ class Run:
         run.generation, run.base = image["generation"], base
         run.counters.update(image["counters"])
         run.checkpoints.update(checkpoints)
+        run.alerts = AlertBook.from_dict(run.alerts.rules, image.get("alerts", {}))
+        run.markers = [dict(m) for m in image.get("markers", [])]
+        run.created_at, run.updated_at = image.get("created_at"), image.get("updated_at")
+        run.last_seen = {int(r): float(t) for r, t in image.get("last_seen", {}).items()}
         return run

@@ -18,7 +18,7 @@ from typing import Any
 from service.core.errors import ConfigError
 
 GROUPS = ("step", "console", "wandb", "lr", "pipeline")
-KNOWN_KEYS = frozenset(f"{g.upper()}_{suffix}" for g in GROUPS for suffix in ("INTERVAL", "FRACTION"))
+KNOWN_KEYS = frozenset(f"{g.upper()}_{suffix}" for g in GROUPS for suffix in ("INTERVAL", "FRACTION")) | {"ALERTS"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def resolve_schedule(config: Mapping[str, Any] | None, total_steps: int) -> Sche
     unknown = sorted(set(section) - KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"METRICS: unknown key(s) {unknown} (known: {sorted(KNOWN_KEYS)})")
-    return Schedule({g: _interval(section, g.upper(), total_steps) for g in GROUPS})
+    return Schedule({g: _interval(section, g.upper(), total_steps) for g in GROUPS})  # ALERTS: core/alerts.py
 
 
 def _interval(section: Mapping[str, Any], group: str, total_steps: int) -> int:

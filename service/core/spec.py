@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client._wire import NAME_PATTERN, RESERVED_FAMILY, TaskInfo
+from service.core.alerts import parse_rules
 from service.core.errors import InvalidInput
 from service.core.experiment import resolve_wandb_options, without_secrets
 from service.core.schedule import Schedule, resolve_schedule
@@ -77,6 +78,7 @@ def parse_spec(raw: Mapping[str, Any]) -> RunSpec:
     )
     spec.schedule()  # validates METRICS and EXPERIMENT now, not at the first emission
     resolve_wandb_options(spec.config, spec.run_id)
+    parse_rules(spec.config)
     return spec
 
 

@@ -11,12 +11,29 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
-from service.core.emission import Emission, Notice, Sink
+from service.core.emission import Emission, Notice
 
 log = logging.getLogger("linnaeus_metrics.dispatch")
 Item = Emission | Notice
+
+
+class Listener(Protocol):
+    """What dispatch hands items to: every sink, and listeners such as the live stream."""
+
+    def open_run(self, run_id: str, spec: Mapping[str, Any]) -> None:
+        """A run was created or recovered."""
+
+    def emit(self, emissions: Sequence[Emission]) -> None:
+        """Emissions of one run, in order; must neither block nor raise."""
+
+    def notice(self, notice: Notice) -> None:
+        """A status change of a run; must neither block nor raise."""
+
+    def delete_run(self, run_id: str) -> None:
+        """The run was deleted."""
 
 
 class Outbox:
@@ -30,7 +47,7 @@ class Outbox:
         """Queue items (call under the run lock, so order follows the run)."""
         self._items.extend(items)
 
-    def dispatch(self, sinks: Sequence[Sink]) -> None:
+    def dispatch(self, sinks: Sequence[Listener]) -> None:
         """Deliver queued items unless another thread is already doing it."""
         while self._items:
             if not self._turn.acquire(blocking=False):
@@ -48,7 +65,7 @@ class Outbox:
         return taken
 
 
-def _deliver(items: list[Item], sinks: Sequence[Sink]) -> None:
+def _deliver(items: list[Item], sinks: Sequence[Listener]) -> None:
     run: list[Emission] = []
     for item in items:
         if isinstance(item, Emission):
@@ -61,13 +78,13 @@ def _deliver(items: list[Item], sinks: Sequence[Sink]) -> None:
     _emit(run, sinks)
 
 
-def _emit(emissions: list[Emission], sinks: Sequence[Sink]) -> None:
+def _emit(emissions: list[Emission], sinks: Sequence[Listener]) -> None:
     if emissions:
         for sink in sinks:
             _call(sink, "emit", emissions)
 
 
-def _call(sink: Sink, method: str, arg: object) -> None:
+def _call(sink: Listener, method: str, arg: object) -> None:
     try:
         getattr(sink, method)(arg)
     except Exception:  # a sink must not raise; if one does, the others still get the item

@@ -24,7 +24,7 @@ from service.core.run_commands import Run
 from service.core.run_state import RunState
 from service.core.spec import RunSpec, check_run_id, parse_spec
 from service.runtime import views
-from service.runtime.dispatch import Outbox
+from service.runtime.dispatch import Listener, Outbox
 from service.storage.base import Store, StoredRun
 
 log = logging.getLogger("linnaeus_metrics.runtime")
@@ -40,12 +40,20 @@ class RunHost:
         history_max_points: points kept per history series.
         image_every_events: events between recovery images of a run.
         new_id: session id factory.
+        listeners: get every emission and notice like sinks but are not the run's sinks
+            (the live stream, the alert log): nothing to finish, no per-run status.
+        clock: wall-clock time (created/updated/last-seen times and stall alerts).
     """
 
     def __init__(self, sinks: Sequence[Sink] = (), store: Store | None = None, max_runs: int = 1000,
                  history_max_points: int = 10_000, image_every_events: int = 5_000,
-                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex, listeners: Sequence[Listener] = (),
+                 clock: Callable[[], float] = time.time) -> None:
         self.sinks = list(sinks)
+        self.listeners = list(listeners)
+        self._outputs: list[Listener] = [*self.sinks, *self.listeners]
+        self._clock = clock
+        self.started_at = clock()
         self.store = store
         self.max_runs = max_runs
         self.history_max_points = history_max_points
@@ -77,8 +85,10 @@ class RunHost:
                 return self.info(spec.run_id), False
             if len(self._runs) >= self.max_runs:
                 raise LimitExceeded(f"runs: the service already holds {self.max_runs} runs (max_runs)")
-            self._append(spec.run_id, "create", {"spec": spec.to_dict()})
+            now = self._clock()
+            self._append(spec.run_id, "create", {"spec": spec.to_dict(), "created_at": now})
             run = self.add(spec)
+            run.created_at = run.updated_at = now
         log.info("run %s created (%d ranks, %d tasks)", spec.run_id, spec.world_size, len(spec.tasks))
         for warning in config_warnings(raw.get("config")):  # the stored spec no longer has what they name
             log.warning("run %s: %s", spec.run_id, warning)
@@ -100,9 +110,9 @@ class RunHost:
         return run
 
     def open_sinks(self, run: Run) -> None:
-        """Tell every sink about ``run``."""
-        for sink in self.sinks:
-            sink.open_run(run.spec.run_id, run.spec.to_dict())
+        """Tell every sink and listener about ``run``."""
+        for output in self._outputs:
+            output.open_run(run.spec.run_id, run.spec.to_dict())
 
     def get(self, run_id: str) -> Run:
         """The run ``run_id``; raises UnknownRun (InvalidInput for a malformed id)."""
@@ -141,8 +151,8 @@ class RunHost:
                     self.store.delete_run(run_id)
                 del self._runs[run_id]
                 self._outboxes.pop(run_id, None)
-        for sink in self.sinks:
-            sink.delete_run(run_id)
+        for output in self._outputs:
+            output.delete_run(run_id)
 
     # ------------------------------------------------------------ commands
 
@@ -152,8 +162,10 @@ class RunHost:
         session_id = self._new_id()
         with run.lock:
             run.check_session(rank)
-            self._append(run_id, "session", {"rank": rank, "session": session_id}, run)
+            now = self._clock()
+            self._append(run_id, "session", {"rank": rank, "session": session_id, "at": now}, run)
             fenced = run.open_session(rank, session_id)
+            run.seen(rank, now)
             notices = [Notice(run_id, "session", run.state.watermark, {"rank": rank, "session": session_id})]
             notices += [Notice(run_id, "fenced", run.state.watermark, {"rank": rank, "session": s}) for s in fenced]
             self._collect(run, notices)
@@ -173,8 +185,11 @@ class RunHost:
         with run.lock:
             plan = run.plan_delivery(session_id, seq, events)
             if plan.fresh:
-                self._append(run_id, "events", _journal_events(session_id, seq, events, body), run)
+                now = self._clock()
+                self._append(run_id, "events", {**_journal_events(session_id, seq, events, body), "at": now}, run)
             reply = run.apply_delivery(plan)
+            if plan.fresh:  # a resent duplicate changes nothing, its time included
+                run.seen(plan.session.rank, now)
             self._collect(run)
         self._dispatch(run)
         return reply
@@ -185,8 +200,10 @@ class RunHost:
         with run.lock:
             state = run.check_restore(session_id, snapshot)
             previous = run.generation
-            self._append(run_id, "restore", {"session": session_id, "snapshot": dict(snapshot)}, run)
+            now = self._clock()
+            self._append(run_id, "restore", {"session": session_id, "snapshot": dict(snapshot), "at": now}, run)
             reply = run.restore(session_id, snapshot, state)
+            run.updated_at = now
             notices = []
             if run.generation != previous:
                 if self.store is not None and run.base is not None:
@@ -206,7 +223,8 @@ class RunHost:
         with run.lock:
             finishing = not run.state.finished
             if finishing:
-                self._append(run_id, "finish", {}, run)
+                run.updated_at = self._clock()
+                self._append(run_id, "finish", {"at": run.updated_at}, run)
             summary = run.finish()
             self._collect(run, [Notice(run_id, "finished", run.state.watermark, {})] if finishing else [])
         self._dispatch(run)
@@ -237,6 +255,8 @@ class RunHost:
                 self.store.put_blob(run.spec.run_id, "checkpoint", checkpoint_id, run.checkpoints[checkpoint_id])
             items.append(Notice(run.spec.run_id, "checkpoint", run.state.watermark, {"id": checkpoint_id}))
         run.new_checkpoints.clear()
+        items += [Notice(run.spec.run_id, "alert", alert.step, alert.to_dict()) for alert in run.new_alerts]
+        run.new_alerts.clear()
         self._outboxes[run.spec.run_id].put(items)
         if run.events_since_image >= self.image_every_events:
             self.write_image(run)
@@ -245,12 +265,32 @@ class RunHost:
         outbox = self._outboxes.get(run.spec.run_id)
         if outbox is not None:
             outbox.put(notices)
-            outbox.dispatch(self.sinks)
+            outbox.dispatch(self._outputs)
 
     def _dispatch(self, run: Run) -> None:
         outbox = self._outboxes.get(run.spec.run_id)
         if outbox is not None:
-            outbox.dispatch(self.sinks)
+            outbox.dispatch(self._outputs)
+
+    def check_stalls(self, threshold_s: float, now: float | None = None) -> int:
+        """Fire the built-in stall alert of every active run's ranks silent for longer than
+        ``threshold_s``: since their last delivery (or the run's creation), and at most since
+        this service started, as trainers keep their records while the service is down.
+        Journaled, so it survives restarts. Returns the count."""
+        now = self._clock() if now is None else now
+        fired = 0
+        for run in self.runs():
+            with run.lock:
+                seen = {rank: max(run.last_seen.get(rank, run.created_at or 0.0), self.started_at)
+                        for rank in range(run.spec.world_size)}
+                stalls = [] if run.state.finished else run.alerts.stalls(now, seen, run.state.watermark, threshold_s)
+                for alert in stalls:
+                    self._append(run.spec.run_id, "alert", alert.to_dict())
+                    run.record_alert(alert)
+                self._collect(run)
+            self._dispatch(run)
+            fired += len(stalls)
+        return fired
 
     def write_image(self, run: Run) -> None:
         """Compact: one image replaces the run's journal so far (caller holds the lock)."""
@@ -298,9 +338,24 @@ class RunHost:
     def list_runs(self) -> list[dict[str, Any]]:
         """Short info of every run."""
         out = []
+        names = [sink.name for sink in self.sinks]
         for run in self.runs():
             with run.lock:
-                out.append(views.short_info(run))
+                out.append({**views.short_info(run), "sinks": names})
+        return out
+
+    def export_figures(self, max_runs: int) -> list[dict[str, Any]]:
+        """Figures of the ``max_runs`` most recently updated active runs (for Prometheus)."""
+        active = []
+        for run in self.runs():
+            with run.lock:
+                if not run.state.finished:
+                    active.append((run.updated_at or run.created_at or 0.0, run))
+        active.sort(key=lambda item: (-item[0], item[1].spec.run_id))
+        out = []
+        for _, run in active[:max_runs]:
+            with run.lock:
+                out.append(views.export_figures(run))
         return out
 
     def info(self, run_id: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from client._wire import decode_event, decode_events, unpack_body
+from service.core.alerts import Alert
 from service.core.run_commands import Run
 from service.core.spec import parse_spec
 from service.storage.base import StoredRun
@@ -30,6 +31,7 @@ def recover(host: RunHost, stored_runs: Iterable[StoredRun]) -> int:
         if run is None:
             continue
         run.state.drain()
+        run.new_alerts.clear()  # handed out (stream, log, wandb) before the restart
         _persist_checkpoints(host, run)
         if not run.state.finished:
             host.open_sinks(run)
@@ -62,19 +64,27 @@ def _blob(host: RunHost, run_id: str, kind: str, key: str) -> dict[str, Any] | N
 
 def _replay(host: RunHost, run: Run | None, kind: str, payload: Mapping[str, Any]) -> Run | None:
     if kind == "create":
-        return host.add(parse_spec(payload["spec"]), open_sinks=False)
+        created = host.add(parse_spec(payload["spec"]), open_sinks=False)
+        created.created_at = created.updated_at = payload.get("created_at")
+        return created
     if run is None:
         raise ValueError(f"journal: a {kind!r} command before the run's create")
     if kind == "session":
         run.open_session(int(payload["rank"]), str(payload["session"]))
+        run.seen(int(payload["rank"]), payload.get("at"))
     elif kind == "events":
         if "body" in payload:
             events = decode_events(unpack_body(payload["body"], payload["content_type"])["events"])
         else:
             events = [decode_event(e) for e in payload["events"]]
         run.deliver(str(payload["session"]), int(payload["seq"]), events)
+        run.seen(run.sessions.sessions[str(payload["session"])].rank, payload.get("at"))
     elif kind == "restore":
         run.restore(str(payload["session"]), payload["snapshot"])
+        run.updated_at = payload.get("at", run.updated_at)
     elif kind == "finish":
         run.finish()
+        run.updated_at = payload.get("at", run.updated_at)
+    elif kind == "alert":
+        run.record_alert(Alert.from_dict(payload))
     return run

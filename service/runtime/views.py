@@ -10,9 +10,10 @@ from service.core.run_commands import Run
 
 
 def short_info(run: Run) -> dict[str, Any]:
-    """The run's line in ``GET /v1/runs`` (caller holds the run lock)."""
+    """The run's line in ``GET /v1/runs`` (caller holds the run lock); times are Unix seconds."""
     return {"run_id": run.spec.run_id, "status": "finished" if run.state.finished else "active",
-            "watermark": run.state.watermark, "world_size": run.spec.world_size}
+            "watermark": run.state.watermark, "step": run.state.watermark, "world_size": run.spec.world_size,
+            "created_at": run.created_at, "updated_at": run.updated_at, "alerts": len(run.alerts.fired)}
 
 
 def full_info(run: Run) -> dict[str, Any]:
@@ -24,15 +25,36 @@ def full_info(run: Run) -> dict[str, Any]:
     info["counters"] = dict(run.counters)
     info["generation"] = run.generation
     info["checkpoints"] = list(run.checkpoints)
+    info["markers"] = [dict(m) for m in run.markers]
+    info["alerts"] = [a.to_dict() for a in run.alerts.fired]
     return info
 
 
 def rank_info(run: Run) -> list[dict[str, Any]]:
-    """Each rank's position and live session."""
+    """Each rank's position, live session, last delivery (Unix seconds), lag behind the
+    fastest rank (completed steps) and fenced sessions."""
     live = run.sessions.live()
+    lags = rank_lags(run)
+    fenced = [0] * run.spec.world_size
+    for session in run.sessions.sessions.values():
+        fenced[session.rank] += session.fenced
     return [{"rank": i, "completed": r.completed, "last_step": r.last_step,
-             "session": live[i].id if i in live else None, "next_seq": live[i].next_seq if i in live else 0}
+             "session": live[i].id if i in live else None, "next_seq": live[i].next_seq if i in live else 0,
+             "last_seen": run.last_seen.get(i), "lag": lags[i], "fenced_sessions": fenced[i]}
             for i, r in enumerate(run.state.ranks)]
+
+
+def rank_lags(run: Run) -> dict[int, int]:
+    """Steps each rank's completed position is behind the furthest rank's."""
+    fastest = max(r.completed for r in run.state.ranks)
+    return {i: fastest - r.completed for i, r in enumerate(run.state.ranks)}
+
+
+def export_figures(run: Run) -> dict[str, Any]:
+    """What ``/metrics`` exports of a run (caller holds the run lock)."""
+    core = {k: v for k, (v, _) in run.state.book.latest.items() if k.startswith("core/")}
+    return {"run_id": run.spec.run_id, "step": run.state.watermark, "core": core, "lags": rank_lags(run),
+            "alerts": len(run.alerts.fired)}
 
 
 def latest(run: Run) -> dict[str, Any]:

@@ -36,6 +36,10 @@ _log = logging.getLogger(__name__)
 MODES = ("online", "offline", "disabled")
 #: Rows sent per run before the worker looks at the other runs.
 _ROWS_PER_TURN = 256
+#: Alerts waiting per run for the worker; beyond that they are dropped and counted.
+_MAX_PENDING_ALERTS = 256
+#: wandb silences repeats of one alert title within this many seconds (its default is a minute).
+_ALERT_REPEAT_S = 1
 #: Wake-up bound while a retry is scheduled (an injected clock may not follow real time).
 _MAX_IDLE_WAIT_S = 1.0
 _DISABLED = WandbOptions(
@@ -93,6 +97,9 @@ class _Run:
     wandb_run_id: str | None = None
     dir: str | None = None
     config_error: str | None = None
+    alerts: list[tuple[str, str, str]] = field(default_factory=list)
+    alerts_sent: int = 0
+    alerts_dropped: int = 0
 
     def pending_rows(self) -> int:
         return len(self.rows.rows) + (self.retry_row is not None)
@@ -198,6 +205,18 @@ class WandbSink:
         except Exception:  # a sink must not fail ingest; the traceback says what broke
             _log.exception("wandb sink: could not queue %d emissions", len(emissions))
 
+    def alert(self, run_id: str, title: str, text: str, level: str) -> None:
+        """Queue ``run.alert(title, text, level)`` for the worker; never blocks on wandb, never raises."""
+        with self._cond:
+            run = self._runs.get(run_id)
+            if run is None or run.disabled or run.done:
+                return
+            if len(run.alerts) >= _MAX_PENDING_ALERTS:
+                run.alerts_dropped += 1
+                return
+            run.alerts.append((title[:63], text, level))  # wandb wants titles under 64 characters
+            self._cond.notify()
+
     def flush(self, timeout_s: float) -> bool:
         """Send every pending row of every run; False if ``timeout_s`` passed first.
 
@@ -242,7 +261,10 @@ class WandbSink:
             return f"failed: {run.last_error}" if run.last_error else "timeout"
 
     def notice(self, notice: Notice) -> None:
-        """Status changes do not reach wandb (its rows and summary carry the values)."""
+        """Alerts become ``run.alert``; other status changes do not reach wandb."""
+        if notice.kind == "alert":
+            detail = notice.detail
+            self.alert(notice.run_id, str(detail.get("name")), str(detail.get("message")), str(detail.get("level")))
 
     def delete_run(self, run_id: str) -> None:
         """Forget the run; its wandb run is finished in the background, files are kept."""
@@ -335,6 +357,7 @@ class WandbSink:
             or run.retry_row is not None
             or run.rows.sendable(everything=run.flushing())
             or bool(run.rows.summary)
+            or bool(run.alerts)
             or run.flushing()
             or (run.rows.skip_note is not None and not run.skip_warned)
         )
@@ -345,7 +368,7 @@ class WandbSink:
             self._retire(run)
         elif run.wandb_run is None:
             self._call(run, "init", lambda: self._start(run))
-        elif self._send_rows(run) and self._write_summary(run):
+        elif self._send_rows(run) and self._write_summary(run) and self._send_alerts(run):
             self._complete_flushes(run)
 
     def _start(self, run: _Run) -> None:
@@ -414,9 +437,23 @@ class WandbSink:
             return False
         return True
 
+    def _send_alerts(self, run: _Run) -> bool:
+        with self._cond:
+            pending, run.alerts = run.alerts, []
+        for index, (title, text, level) in enumerate(pending):
+            send = functools.partial(run.wandb_run.alert, title=title, text=text, level=level,
+                                     wait_duration=_ALERT_REPEAT_S)
+            if not self._call(run, "alert", send):
+                with self._cond:
+                    run.alerts = pending[index:] + run.alerts
+                return False
+            with self._cond:
+                run.alerts_sent += 1
+        return True
+
     def _complete_flushes(self, run: _Run) -> None:
         with self._cond:
-            if run.pending_rows() or run.rows.summary:
+            if run.pending_rows() or run.rows.summary or run.alerts:
                 return
             flushed, run.flush_events = run.flush_events, []
             finishing = run.finish_event is not None
@@ -538,6 +575,8 @@ def _status(state: str, mode: str, run: _Run | None, directory: str) -> dict[str
         "skipped_rows": run.rows.skipped if run else 0,
         "dropped_rows": run.rows.dropped if run else 0,
         "pending_rows": run.pending_rows() if run else 0,
+        "alerts_sent": run.alerts_sent if run else 0,
+        "alerts_dropped": run.alerts_dropped if run else 0,
         "wandb_run_id": run.wandb_run_id if run else None,
         "dir": directory,
         "last_error": (run.config_error or run.last_error) if run else None,

@@ -114,3 +114,20 @@ def test_settings_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatc
     settings_file.write_text("no_such_setting: 1\n")
     with pytest.raises(Exception, match="no_such_setting"):
         load_settings(args)
+
+
+def test_export_run_metrics_from_the_flag_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from service.cli.serve import add_commands, load_settings
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+
+    def settings(*flags: str) -> bool:
+        return load_settings(parser.parse_args(["serve", "--data-dir", str(tmp_path), *flags])).export_run_metrics
+
+    monkeypatch.delenv("LINNAEUS_METRICS_EXPORT_RUN_METRICS", raising=False)
+    assert (settings(), settings("--export-run-metrics")) == (False, True)
+    monkeypatch.setenv("LINNAEUS_METRICS_EXPORT_RUN_METRICS", "true")
+    assert settings() is True

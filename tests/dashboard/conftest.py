@@ -15,7 +15,6 @@ import uvicorn
 
 from service.api import create_app
 from service.settings import Settings
-from tests.dashboard.fake_stream import FakeStream, has_stream_route
 from tests.e2e.conftest import _Server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -29,19 +28,14 @@ ARTIFACTS = Path(os.environ.get("LINNAEUS_METRICS_ARTIFACTS", "/tmp/linnaeus-met
 class Service:
     url: str
     app: Any
-    real_stream: bool
 
 
 @contextmanager
 def serve(tmp_path: Path, tokens: list[str] | None = None) -> Iterator[Service]:
-    """The real app on a free loopback port (with a stand-in stream until the real one is merged)."""
+    """The real app, with its real stream, on a free loopback port."""
     settings = Settings(data_dir=tmp_path / "data", wandb_enabled=False, console_enabled=False,
                         auth_tokens=tokens or [])
-    real = has_stream_route()
-    fake = None if real else FakeStream()
-    app = create_app(settings, sinks=[fake] if fake else [])
-    if fake:
-        fake.install(app)
+    app = create_app(settings, sinks=[])
     server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on",
                                         timeout_graceful_shutdown=5))  # open streams end at shutdown
     thread = threading.Thread(target=server.run, daemon=True)
@@ -49,7 +43,7 @@ def serve(tmp_path: Path, tokens: list[str] | None = None) -> Iterator[Service]:
     assert server.listening.wait(20), "uvicorn did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Service(f"http://127.0.0.1:{port}", app, real)
+        yield Service(f"http://127.0.0.1:{port}", app)
     finally:
         server.should_exit = True
         thread.join(20)

@@ -149,7 +149,7 @@ def test_runs_run_page_live_subsets_ranks_compare(browser: Any, tmp_path: Path, 
         feed.close()
         other.close()
     figures = {"load_ms": load_ms, "flush_to_screen_ms": latencies, "median_flush_to_screen_ms":
-               statistics.median(latencies), "real_stream": svc.real_stream}
+               statistics.median(latencies)}
     (artifacts / "figures.json").write_text(json.dumps(figures, indent=1))
     print(f"dashboard: {figures}")
     assert console.errors == []
@@ -157,8 +157,6 @@ def test_runs_run_page_live_subsets_ranks_compare(browser: Any, tmp_path: Path, 
 
 def test_alert_appears_live(browser: Any, tmp_path: Path, artifacts: Path) -> None:
     with serve(tmp_path) as svc:
-        if not svc.real_stream:
-            pytest.skip("alerts need the service's stream route and METRICS.ALERTS (not in this build)")
         feed = Feed(svc.url, "exp-alert", alerts=[ALERT_RULE])  # the run exists once this returns
         page, console = browser.new_page(viewport={"width": 1400, "height": 900}), Console()
         console.attach(page)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import wandb
 
+from service.core.emission import Notice
 from service.sinks.wandb import WandbSink
 from tests.sinks.sink_fakes import em, spec
 from tests.sinks.wandb_reader import find_run_file, read_run
@@ -177,3 +178,24 @@ def test_failing_init_and_log_are_retried_until_every_row_is_written(
     messages = [r.getMessage() for r in caplog.records if r.name == "service.sinks.wandb"]
     assert sum("ConnectionError" in m for m in messages) == 1  # two failures, one line
     assert sum("RuntimeError" in m for m in messages) == 1
+
+
+def test_alerts_reach_the_run_file_in_order_with_their_levels(wandb_env: Path, tmp_path: Path,
+                                                             closing: list[Any]) -> None:
+    sink = WandbSink(tmp_path / "data", mode="offline")
+    closing.append(sink)
+    sink.open_run(RUN, spec(RUN))
+    sink.emit([em(RUN, 10, "custom", {"custom/x": 2.5})])
+    sink.alert(RUN, "train/loss above 2.0", "train/loss above 2.0: 2.5 at step 10", "WARN")
+    # the runtime's way in: an alert notice (its detail is the alert as GET /v1/runs/{run} shows it)
+    sink.notice(Notice(RUN, "alert", 12, {"name": "nonfinite " + "x" * 80, "level": "ERROR", "step": 12,
+                                          "message": "rank 1 reported 1 non-finite loss at step 12"}))
+    sink.notice(Notice(RUN, "restore", 12, {"snapshot_id": "abc"}))  # other notices do not reach wandb
+    sink.alert("ghost", "never", "a run the sink does not know", "INFO")
+    assert sink.finish_run(RUN, {}, timeout_s=30) == "finished"
+    assert (sink.status(RUN)["alerts_sent"], sink.status(RUN)["failures"]) == (2, 0)
+    wait_for_run_files()
+    content = read_run(find_run_file(wandb_env, RUN))
+    assert content.alerts == [("train/loss above 2.0", "train/loss above 2.0: 2.5 at step 10", "WARN"),
+                              (("nonfinite " + "x" * 80)[:63], "rank 1 reported 1 non-finite loss at step 12", "ERROR")]
+    assert content.user_rows() == {10: {"custom/x": 2.5}}

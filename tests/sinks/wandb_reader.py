@@ -30,12 +30,13 @@ INTERNAL_KEYS = frozenset({"_step", "_timestamp", "_runtime", "_wandb"})
 
 @dataclass
 class RunFile:
-    """What a run file says: history rows (with ``_step``), final summary and config."""
+    """What a run file says: history rows (with ``_step``), final summary, config and alerts (title, text, level)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     kinds: list[str] = field(default_factory=list)
+    alerts: list[tuple[str, str, str]] = field(default_factory=list)
 
     def steps(self) -> list[int]:
         return [row["_step"] for row in self.rows]
@@ -69,6 +70,8 @@ def read_run(path: Path) -> RunFile:
             _apply(result.config, record.run.config.update, record.run.config.remove)
         elif kind == "config":
             _apply(result.config, record.config.update, record.config.remove)
+        elif kind == "alert":
+            result.alerts.append((record.alert.title, record.alert.text, record.alert.level))
     return result
 
 

@@ -1,0 +1,262 @@
+"""Issue 17's client figures, side by side in alternating blocks, in several fresh processes.
+
+Each run is a fresh process (``--runs``, default 3) that times, per call with
+``time.perf_counter_ns``, in blocks of ``--block`` calls that take turns (the order rotates
+every round, so no contender always follows the same one):
+
+- ``log_batch`` with the service up (a real ``linnaeus-metrics serve`` subprocess), subset
+  labels as lists and as numpy str arrays; the sender is flushed (untimed) after each block,
+  so the queue never fills;
+- ``log_batch`` with the service down (a closed port on 127.0.0.1) and the queue full at
+  the default ``max_queue_items=10,000``: every call merges or drops (both label forms);
+- wandb offline ``run.log`` of 30 scalars;
+- a control: the same numpy work every call, calibrated to take as long as a ``log_batch``
+  call (CPU time), so the machine's own p99 / median (preemption by other processes on the
+  shared 2-core VM, in whole scheduler ticks of 4 ms) shows next to the client's.
+
+Every contender runs one untimed block first. The batch is bench/_common's standard one:
+256 samples, 4 tasks (50/500/2,000/10,000 classes), top-3 int64 arrays, subsets rarity x3
+and mask x2. The process's RSS is read after the full queue's warm-up and at the end
+(memory stays bounded while the queue is full). The summary judges each target by the run
+least favourable to us.
+
+Run: ``.venv/bin/python bench/client_ratio.py [--runs 3] [--rounds 12] [--block 200]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c
+import numpy as np
+
+POOL = 6
+QUEUE = 10_000  # the client's default max_queue_items
+UP_LISTS, UP_NP = "log_batch up, labels lists", "log_batch up, labels numpy str"
+DOWN_LISTS, DOWN_NP = "log_batch down+full, labels lists", "log_batch down+full, labels numpy str"
+WANDB = "wandb run.log 30 scalars"
+CONTROL = "control: fixed numpy work"
+CONTENDERS = (UP_LISTS, UP_NP, DOWN_LISTS, DOWN_NP, WANDB, CONTROL)
+
+
+class Contenders:
+    """The clients, the wandb run and one call per contender."""
+
+    def __init__(self, up_url: str, down_url: str, pool: list[c.Batch]) -> None:
+        import wandb
+
+        from client import MetricsClient
+
+        def client(url: str, run: str) -> MetricsClient:
+            return MetricsClient(url, run, rank=0, world_size=1, tasks=dict(c.TASKS4), total_steps=10**8,
+                                 subsets=c.FAMILIES, config=c.metrics_config(step_interval=10, wandb_interval=50),
+                                 max_queue_items=QUEUE)
+
+        self.pool, self.arrays = pool, [b.subset_arrays() for b in pool]
+        self.up, self.down = client(up_url, "client-ratio"), client(down_url, "client-ratio-down")
+        self.steps = {id(self.up): 0, id(self.down): 0}  # one step per call: no step repeats on a client
+        self.run = wandb.init(project="linnaeus-bench", mode="offline", config={"bench": "client_ratio"})
+        self.names = [f"train/scalar_{k:02d}" for k in range(30)]
+        self.values = np.random.default_rng(1).random((64, 30)).tolist()
+        self.wandb_step = 0
+        self.control_repeats = 1
+
+    def call(self, name: str) -> Callable[[int], None]:
+        if name == WANDB:
+            return self._wandb
+        if name == CONTROL:
+            return self._control
+        client = self.up if name in (UP_LISTS, UP_NP) else self.down
+        numpy_labels = name in (UP_NP, DOWN_NP)
+
+        def log(i: int) -> None:
+            b = self.pool[i % POOL]
+            self.steps[id(client)] += 1
+            client.log_batch(self.steps[id(client)], epoch=0, loss=b.loss,
+                             task_losses=b.task_losses, targets=b.targets, topk=b.topk,
+                             subsets=self.arrays[i % POOL] if numpy_labels else b.subsets)
+        return log
+
+    def _wandb(self, i: int) -> None:
+        self.wandb_step += 1  # wandb drops rows whose step does not grow
+        self.run.log(dict(zip(self.names, self.values[i % 64], strict=True)), step=self.wandb_step)
+
+    def _control(self, i: int) -> None:
+        """The same work every call (copies of the batch's arrays), as long as a log_batch call: what the
+        machine adds to a constant cost (preemption by other processes, cache misses) shows in its
+        p99 / median. A shorter call is hit by a preemption less often, hence the calibration."""
+        b = self.pool[i % POOL]
+        arrays = [*b.targets.values(), *b.topk.values()]
+        for _ in range(self.control_repeats):
+            np.concatenate(arrays, axis=None).astype(np.uint16)
+
+    def calibrate_control(self, target_ns: float) -> None:
+        """Repeat the control's work so that its median is about ``target_ns``."""
+        self.control_repeats = 1
+        one = float(np.median(block(self._control, 200, 0)[1]))
+        self.control_repeats = max(1, round(target_ns / one))
+
+    def after_block(self, name: str) -> None:
+        if name in (UP_LISTS, UP_NP) and not self.up.flush(timeout_s=60):
+            raise RuntimeError("the client could not deliver its batches to the live service")
+
+    def fill_down_queue(self) -> None:
+        """Log (untimed) until the down client's queue is full and has dropped."""
+        log = self.call(DOWN_LISTS)
+        i = 0
+        while self.down.stats()["dropped"]["queue_full"] == 0:
+            log(i)
+            i += 1
+
+    def close(self) -> None:
+        self.run.finish()
+        self.up.close(timeout_s=10)
+        self.down.close(timeout_s=0.1)
+
+
+def block(fn: Callable[[int], None], calls: int, start: int) -> np.ndarray:
+    """[2, calls]: wall-clock and this thread's CPU nanoseconds per call."""
+    out = np.empty((2, calls), dtype=np.int64)
+    clock, cpu = time.perf_counter_ns, time.thread_time_ns
+    for i in range(calls):
+        t0, c0 = clock(), cpu()
+        fn(start + i)
+        c1, t1 = cpu(), clock()
+        out[0, i], out[1, i] = t1 - t0, c1 - c0
+    return out
+
+
+def child(rounds: int, calls: int) -> dict[str, Any]:
+    """One run: every contender in alternating blocks; the figures as a JSON-safe dict."""
+    pool = c.batch_pool(seed=11, count=POOL, tasks=c.TASKS4, size=256)
+    with tempfile.TemporaryDirectory(prefix="bench-client-ratio-") as tmp_name:
+        tmp = Path(tmp_name)
+        os.environ.update(c.wandb_env(tmp / "wandb"))
+        with c.ServiceProcess(tmp / "service-data") as service:
+            who = Contenders(service.url, f"http://{c.LOOPBACK}:{c.free_port()}", pool)
+            try:
+                return timed_rounds(who, rounds, calls)
+            finally:
+                who.close()
+
+
+def timed_rounds(who: Contenders, rounds: int, calls: int) -> dict[str, Any]:
+    who.fill_down_queue()
+    first = {}
+    for name in CONTENDERS:  # the untimed first block of each
+        first[name] = block(who.call(name), calls, 0)
+        who.after_block(name)
+    who.calibrate_control(float(np.median(first[UP_NP][1])))
+    rss_full = c.rss_kib(os.getpid())
+    times: dict[str, list[np.ndarray]] = {name: [] for name in CONTENDERS}
+    for r in range(rounds):
+        order = CONTENDERS[r % len(CONTENDERS):] + CONTENDERS[:r % len(CONTENDERS)]
+        for name in order:
+            times[name].append(block(who.call(name), calls, (r + 1) * calls))
+            who.after_block(name)
+    stats = who.down.stats()
+    out: dict[str, Any] = {"rss_full_kib": rss_full, "rss_end_kib": c.rss_kib(os.getpid()),
+                           "down_pending": stats["pending"], "down_dropped": stats["dropped"]["queue_full"],
+                           "down_coalesced": stats["coalesced"], "up_dropped": sum(who.up.stats()["dropped"].values())}
+    for name, blocks in times.items():
+        ns, cpu = np.concatenate(blocks, axis=1)
+        out[name] = {"calls": len(ns), "median": float(np.median(ns)), "p99": c.pct(ns, 99), "max": float(ns.max()),
+                     "cpu_median": float(np.median(cpu)), "cpu_p99": c.pct(cpu, 99), "cpu_max": float(cpu.max())}
+    return out
+
+
+def parent(runs: int, rounds: int, calls: int, budget_s: float) -> int:
+    results = []
+    for run in range(runs):
+        cmd = [sys.executable, __file__, "--child", "--rounds", str(rounds), "--block", str(calls)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget_s, check=False)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return proc.returncode
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"[run {run + 1}/{runs} done]", file=sys.stderr, flush=True)
+    report(results, rounds, calls)
+    return 0
+
+
+def report(results: list[dict[str, Any]], rounds: int, calls: int) -> None:
+    c.print_header("client_ratio: log_batch next to wandb.log, service up and service down with a full queue",
+                   [f"{len(results)} fresh processes; in each, {rounds} rounds of alternating blocks of {calls} "
+                    "calls per contender (order rotating), after one untimed block each",
+                    "batch 256, 4 tasks 50/500/2k/10k classes, top-3 int64, subsets rarity x3 + mask x2; "
+                    f"max_queue_items={QUEUE:,} (default); down = closed port on 127.0.0.1",
+                    "command: .venv/bin/python bench/client_ratio.py " + " ".join(sys.argv[1:])])
+    rows = []
+    for run, res in enumerate(results, 1):
+        wandb_med = res[WANDB]["median"]
+        for name in CONTENDERS:
+            fig = res[name]
+            rows.append([run, name, fig["calls"], c.us(fig["median"]), c.us(fig["p99"]), c.us(fig["max"]),
+                         c.ratio(fig["median"], wandb_med), c.us(fig["cpu_median"]), c.us(fig["cpu_p99"]),
+                         c.us(fig["cpu_max"])])
+    print(c.table(["run", "contender", "calls", "median us", "p99 us", "max us", "median / wandb",
+                   "CPU median us", "CPU p99 us", "CPU max us"], rows))
+    print("(wall clock decides the targets; the thread's CPU time per call shows what the call itself costs, "
+          "without preemption by other processes and threads)")
+    print()
+    rows = [[run, f"{res['rss_full_kib'] / 1024:.1f}", f"{(res['rss_end_kib'] - res['rss_full_kib']) / 1024:+.1f}",
+             res["down_pending"], f"{res['down_dropped']:,}", f"{res['down_coalesced']:,}", res["up_dropped"]]
+            for run, res in enumerate(results, 1)]
+    print(c.table(["run", "RSS MiB, queue full", "RSS growth MiB after", "down pending", "down dropped",
+                   "down coalesced", "up dropped"], rows))
+    targets(results)
+
+
+def targets(results: list[dict[str, Any]]) -> None:
+    print("\ntargets (each judged by the least favourable run):")
+    for name in (UP_LISTS, UP_NP):
+        ratios = [res[name]["median"] / res[WANDB]["median"] for res in results]
+        worst = max(ratios)
+        print(f"  {name} median <= 0.15x wandb (goal 0.1x): {', '.join(f'{r:.3f}x' for r in ratios)} -> "
+              f"{c.verdict(worst <= 0.15)}{' (goal met)' if worst <= 0.1 else ''}")
+    for down, up in ((DOWN_LISTS, UP_LISTS), (DOWN_NP, UP_NP)):
+        ratios = [res[down]["p99"] / res[up]["median"] for res in results]
+        worst_max = max(res[down]["max"] for res in results)
+        print(f"  {down}: p99 <= 4x up median: {', '.join(f'{r:.2f}x' for r in ratios)} -> "
+              f"{c.verdict(max(ratios) <= 4)}; max < 20 ms: {worst_max / 1e6:.2f} ms -> "
+              f"{c.verdict(worst_max < 20e6)}")
+        cpu = [res[down]["cpu_p99"] / res[up]["cpu_median"] for res in results]
+        cpu_max = max(res[down]["cpu_max"] for res in results)
+        print(f"    (CPU time: p99 / up median {', '.join(f'{r:.2f}x' for r in cpu)}, max {cpu_max / 1e6:.2f} ms)")
+    noise = [res[CONTROL]["p99"] / res[CONTROL]["median"] for res in results]
+    print(f"  (noise floor: the control's p99 / its median {', '.join(f'{r:.2f}x' for r in noise)}, its max "
+          f"{max(res[CONTROL]['max'] for res in results) / 1e6:.2f} ms: the same constant work, timed the same way)")
+    growth = max(res["rss_end_kib"] - res["rss_full_kib"] for res in results) / 1024
+    print(f"  memory bounded while full (RSS growth after the queue filled <= 5 MiB): {growth:+.1f} MiB -> "
+          f"{c.verdict(growth <= 5)}")
+    print(f"  nothing dropped with the service up: {c.verdict(all(res['up_dropped'] == 0 for res in results))}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--block", type=int, default=200)
+    parser.add_argument("--budget-s", type=float, default=400.0, help="per run")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    c.exit_on_sigterm()
+    if args.child:
+        print(json.dumps(child(args.rounds, args.block)))
+        return 0
+    return parent(args.runs, args.rounds, args.block, args.budget_s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
