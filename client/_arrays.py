@@ -2,11 +2,14 @@
 
 torch is never imported here: a value is a tensor only if torch is already loaded and the
 value is one of its tensors. Top-k from logits uses k = 3 and sorts each row by score,
-highest first (column 0 is the argmax). For numpy input (and lists), exactly equal scores
-go to the lowest class index: ``argpartition`` picks the candidates and only rows with a
-tie at the k-th score are fully sorted. For torch input, ``torch.topk`` runs on the
-tensor's device and only the int64 indices are copied to the host; among exactly equal
-scores its order is torch's (unspecified, on CPU as on CUDA). NaN scores are not checked.
+highest first (column 0 is the argmax), and exactly equal scores go to the lowest class
+index, for numpy input (and lists) and torch tensors alike, so the same logits give the
+same top-k whichever way they arrive (bf16 logits tie often). numpy: ``argpartition``
+picks the candidates and only rows with a tie at the k-th score are fully sorted. torch:
+everything runs on the tensor's device and only the int64 indices are copied to the host;
+``torch.topk`` orders ties as it likes (on CPU as on CUDA), so its candidates are re-sorted
+by (score, index) and rows with a tie at the k-th score are sorted in full with a stable
+sort. NaN scores are not checked.
 """
 
 from __future__ import annotations
@@ -90,10 +93,27 @@ def _check_logits_shape(shape: tuple[int, ...], num_classes: int, name: str) -> 
 
 
 def _topk_torch(logits: Any, k: int) -> np.ndarray:
+    return np.asarray(topk_torch(logits, k).to("cpu").numpy(), dtype=np.int64)
+
+
+def topk_torch(logits: Any, k: int) -> Any:
+    """Per row, the indices of the ``k`` highest scores, highest first, ties to the lowest index.
+
+    On the tensor's device; returns an int64 tensor [B, k].
+    """
     import torch
 
-    indices = torch.topk(logits.detach(), k, dim=1, largest=True, sorted=True).indices
-    return np.asarray(indices.to("cpu").numpy(), dtype=np.int64)
+    scores = logits.detach()
+    values, candidates = torch.topk(scores, k, dim=1, largest=True, sorted=True)
+    # candidates by index, then a stable sort by score: equal scores keep the lower index first
+    candidates, by_index = torch.sort(candidates, dim=1)
+    order = torch.sort(torch.gather(values, 1, by_index), dim=1, descending=True, stable=True).indices
+    top = torch.gather(candidates, 1, order)
+    kth = values[:, k - 1 :]
+    tied = ((scores >= kth).sum(dim=1) > k).nonzero().flatten()  # a tie at the k-th score
+    if tied.numel():
+        top[tied] = torch.sort(scores[tied], dim=1, descending=True, stable=True).indices[:, :k]
+    return top
 
 
 def topk_numpy(scores: np.ndarray, k: int) -> np.ndarray:

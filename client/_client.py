@@ -31,25 +31,18 @@ from client._errors import (
     CheckpointTimeout,
     ClientClosed,
     InvalidType,
+    ServiceRejected,
     ServiceUnavailable,
 )
 from client._fastpath import FastBatches, Record
 from client._progress import RankProgress
 from client._records import build_batch, build_scalar, check_int, check_name
-from client._spec import (
-    MAX_WORLD_SIZE,
-    check_bounded_int,
-    check_positive,
-    check_run_id,
-    check_url,
-    freeze_config,
-    parse_subsets,
-    parse_tasks,
-    run_body,
-)
-from client._transport import Backoff, Transport
-from client._wire import MAX_STEP, TRAIN_PHASE, CheckpointEvent, CompleteEvent, EndEpochEvent
-from client._worker import Worker, WorkerConfig
+from client._roster import Roster
+from client._rules import MAX_STEP
+from client._spec import ClientArgs, check_client_args
+from client._transport import Backoff, Transport, call_until
+from client._wire import TRAIN_PHASE, CheckpointEvent, CompleteEvent, EndEpochEvent
+from client._worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +52,17 @@ EXIT_FLUSH_S = 2.0
 class MetricsClient:
     """Reports one rank's training metrics to a linnaeus-metrics service.
 
-    The constructor does not touch the network: a daemon thread creates the run (same
-    spec → same run) and opens this rank's session in the background, retrying while the
-    service is down. ``log_*()`` never block on the network and never raise because of
-    the service; records wait in a bounded queue until the service acknowledged them.
+    The constructor creates the run (same spec → same run) and opens this rank's session
+    before it returns, and raises if the service refuses them (another spec under this
+    run id, a limit, auth, a wrong URL). When the service cannot be reached within
+    ``open_timeout_s`` it returns anyway: records are buffered and a daemon thread keeps
+    trying. ``log_*()`` never block on the network and never raise because of the
+    service; records wait in a bounded queue until the service acknowledged them.
+
+    Copies: ``copy.deepcopy`` returns the client itself (EMA/SWA copies of a model share
+    it); a pickled client unpickled in another process is a new client of the same run
+    and rank that opens its own session when it first logs (its token comes from
+    ``LINNAEUS_METRICS_TOKEN``: a token is never pickled).
 
     Args:
         url: the service root, e.g. ``"http://metrics:8000"`` (or a router in front of replicas),
@@ -84,18 +84,29 @@ class MetricsClient:
         request_timeout_s: timeout of one HTTP request.
         retry_initial_s: first retry delay (doubling, jittered, capped by ``retry_max_s``).
         retry_max_s: longest retry delay.
+        open_timeout_s: how long the constructor waits for the run and session (0: not at all).
+        missing_ranks_grace_s: age after which ``flush()``/``close()`` warn about ranks of
+            the run that never opened a session.
         transport: an ``httpx.BaseTransport`` instead of the network (tests).
         clock: wall-clock time source for record times.
 
     Raises:
         ValueError: an argument has a bad value (message names it; a ``ClientError``).
         TypeError: an argument has the wrong type (message names it; a ``ClientError``).
+        ServiceRejected: the service refused the run or the session (e.g. 409
+            ``run_conflict``: this run id exists with another spec).
 
     Example:
+        Without ``config`` the service's default schedule applies (step windows every
+        100 steps, wandb every 100, LR every 200):
+
         >>> with MetricsClient("http://metrics:8000", "exp42", rank=0, world_size=1,
-        ...                    tasks={"species": 1000}, total_steps=100) as mc:  # doctest: +SKIP
-        ...     mc.log_batch(1, epoch=0, loss=0.7, targets={"species": y},
-        ...                  logits={"species": out})
+        ...                    tasks={"species": 1000}, total_steps=1000) as mc:  # doctest: +SKIP
+        ...     for step in range(1, 1001):
+        ...         mc.log_batch(step, epoch=0, loss=0.7, targets={"species": y},
+        ...                      logits={"species": out})
+        ...     assert mc.flush()  # False if any record was lost
+        ...     mc.finish()  # on one rank, once every rank is done
     """
 
     def __init__(
@@ -117,48 +128,70 @@ class MetricsClient:
         request_timeout_s: float = 10.0,
         retry_initial_s: float = 0.25,
         retry_max_s: float = 10.0,
+        open_timeout_s: float = 10.0,
+        missing_ranks_grace_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.run_id = check_run_id(run_id)
-        self.world_size = check_bounded_int(world_size, "world_size", 1, MAX_WORLD_SIZE)
-        self.rank = check_bounded_int(rank, "rank", 0, self.world_size - 1)
-        self.tasks = parse_tasks(tasks)
-        self.total_steps = check_bounded_int(total_steps, "total_steps", 1, MAX_STEP)
         if token is not None and not isinstance(token, str):
             raise InvalidType(f"token: expected a str, got {type(token).__name__}")
-        body = run_body(
-            self.run_id,
-            self.world_size,
-            self.total_steps,
-            self.tasks,
-            parse_subsets(subsets),
-            freeze_config(config),
-        )
-        worker_config = WorkerConfig(
-            max_queue_items=check_bounded_int(max_queue_items, "max_queue_items", 1, 10**8),
-            max_batch_events=check_bounded_int(max_batch_events, "max_batch_events", 1, 10_000),
-            flush_interval_s=check_positive(flush_interval_s, "flush_interval_s"),
-            backoff_initial_s=check_positive(retry_initial_s, "retry_initial_s"),
-            backoff_max_s=check_positive(retry_max_s, "retry_max_s"),
-        )
+        options = {
+            "binary": binary, "max_queue_items": max_queue_items, "max_batch_events": max_batch_events,
+            "flush_interval_s": flush_interval_s, "request_timeout_s": request_timeout_s,
+            "retry_initial_s": retry_initial_s, "retry_max_s": retry_max_s, "open_timeout_s": open_timeout_s,
+            "missing_ranks_grace_s": missing_ranks_grace_s,
+        }
+        args = check_client_args(url, run_id, rank, world_size, tasks, total_steps, config, subsets, options)
+        self._build(args, token, transport, clock)
+        self._open(args.open_timeout_s)
+
+    def _build(
+        self, args: ClientArgs, token: str | None, transport: httpx.BaseTransport | None, clock: Callable[[], float]
+    ) -> None:
+        self._args = args
+        self.run_id, self.rank, self.world_size = args.run_id, args.rank, args.world_size
+        self.tasks, self.total_steps = list(args.tasks), args.total_steps
         self._transport = Transport(
-            check_url(url),
-            token=token,
-            binary=bool(binary),
-            timeout_s=check_positive(request_timeout_s, "request_timeout_s"),
-            transport=transport,
+            args.url, token=token, binary=args.binary, timeout_s=args.request_timeout_s, transport=transport
         )
-        self._retry = (worker_config.backoff_initial_s, worker_config.backoff_max_s)
+        self._retry = (args.worker.backoff_initial_s, args.worker.backoff_max_s)
         self._clock = clock
         self._lock = threading.Lock()
         self._progress = RankProgress()
         self._fast = FastBatches(self.tasks)
         self._phases: set[str] = set()
         self._closed = False
-        self._worker = Worker(self._transport, body, self.rank, worker_config)
-        self._worker.start()
+        self._started_at = time.monotonic()
+        self._roster = Roster(self._transport, args.run_id, args.world_size, args.missing_ranks_grace_s)
+        self._losses_reported = 0
+        self._worker = Worker(self._transport, args.body, self.rank, args.worker)
+        self._pid = os.getpid()
         _open_clients.add(self)
+
+    def _open(self, timeout_s: float) -> None:
+        """Create/open the run and this rank's session; raise if the service refuses them.
+
+        An unreachable service is not an error: the sender thread keeps trying.
+        """
+        self._worker.start()
+        self._worker.wait_opened(timeout_s)
+        try:
+            self._worker.check_alive()
+        except ServiceRejected:
+            self.close(timeout_s=0)
+            raise
+
+    # ------------------------------------------------------------ copies
+
+    def __copy__(self) -> MetricsClient:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MetricsClient:
+        # a client is a handle on this rank's session: a copy that opened its own would fence it
+        return self
+
+    def __reduce__(self) -> tuple[Callable[..., MetricsClient], tuple[Any, ...]]:
+        return _unpickle, (self._pid, id(self), self._args)
 
     # ------------------------------------------------------------ properties
 
@@ -223,7 +256,18 @@ class MetricsClient:
         event: Record | None = None
         if logits is None and sample_losses is None:
             event = self._fast.build(step, epoch, phase, now, loss, task_losses, targets, topk, subsets)
-        event = event or build_batch(
+        if event is None:
+            event = self._thorough(step, epoch, phase, now, loss, task_losses, targets, topk, logits, subsets,
+                                   sample_losses)
+        with self._lock:
+            self._check_open()
+            self._progress.check_batch(phase, epoch, step)
+            self._worker.put(event)
+
+    def _thorough(self, step: int, epoch: int, phase: str, now: float, loss: Any, task_losses: Any, targets: Any,
+                  topk: Any, logits: Any, subsets: Any, sample_losses: Any) -> Record:
+        """Every check, naming the bad argument (logits, sample losses, or whatever the fast path declined)."""
+        event = build_batch(
             self.tasks,
             step=step,
             epoch=epoch,
@@ -237,10 +281,9 @@ class MetricsClient:
             subsets=subsets,
             sample_losses=sample_losses,
         )
-        with self._lock:
-            self._check_open()
-            self._progress.check_batch(phase, epoch, step)
-            self._worker.put(event)
+        for family, (labels, _) in event.subsets.items():
+            self._fast.admit(family, labels)  # the same per-run label limits as the fast path
+        return event
 
     def log_lr(self, step: SupportsIndex, values: Mapping[str, float]) -> None:
         """Queue learning rates ``{param_group: lr}`` at ``step`` (raises like ``log_custom``)."""
@@ -326,8 +369,9 @@ class MetricsClient:
             timeout_s: the deadline; the call returns by then.
 
         Returns:
-            True if no record is left unacknowledged (dropped records are counted in
-            ``stats()["dropped"]``, not waited for); False on the deadline.
+            True only if every record logged so far is durable on the service. False on the
+            deadline, and False for good once any record was lost for any reason (see
+            ``stats()["dropped"]`` and ``stats()["lost_after_ack"]``).
         """
         with self._lock:
             if not self._closed:
@@ -339,7 +383,19 @@ class MetricsClient:
                 self._worker.stats()["pending"],
                 timeout_s,
             )
-        return flushed
+        self._roster.check(time.monotonic() - self._started_at)
+        return flushed and not self._report_losses()
+
+    def _report_losses(self) -> bool:
+        """True if records were lost; logs each new total once."""
+        lost = self._worker.lost()
+        if lost > self._losses_reported:
+            self._losses_reported = lost
+            stats = self._worker.stats()
+            reasons = {k: v for k, v in stats["dropped"].items() if v}
+            log.warning("flush: %d records of rank %d were lost (dropped %s, lost by the service after its ack: "
+                        "%d); flush() returns False", lost, self.rank, reasons, stats["lost_after_ack"])
+        return lost > 0
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush within ``timeout_s``, stop the sender thread, close the connection.
@@ -354,7 +410,35 @@ class MetricsClient:
             self._complete_locked()
             self._closed = True
         _open_clients.discard(self)
+        self._roster.check(time.monotonic() - self._started_at)  # while the connection is open
         self._worker.close(timeout_s)
+
+    def finish(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Finish the run: close its windows, write ``final_*`` values, finish its wandb run.
+
+        Call it on one rank (e.g. rank 0) once every rank has logged its last record and
+        flushed or closed: a finished run refuses further records. Flushes this rank first.
+
+        Args:
+            timeout_s: deadline for the whole call (the service waits, bounded, for wandb).
+
+        Returns:
+            The service's reply: ``{"run_id", "summary": {"final_...": value}, "sinks"}``.
+
+        Raises:
+            ServiceUnavailable: no answer within ``timeout_s``.
+            ServiceRejected: the service refused (e.g. the run is unknown).
+        """
+        deadline = time.monotonic() + timeout_s
+        self.flush(timeout_s)
+        path = f"/v1/runs/{self.run_id}/finish"
+
+        def attempt() -> Any:
+            remaining = max(deadline - time.monotonic(), 0.1)
+            return self._transport.request("POST", path, timeout_s=remaining).json()
+
+        reply = call_until(deadline, self._backoff(), attempt)
+        return reply if isinstance(reply, dict) else {"reply": reply}
 
     def stats(self) -> dict[str, Any]:
         """Delivery counters.
@@ -366,9 +450,13 @@ class MetricsClient:
             ``retries``, ``pending`` (records not yet acknowledged), ``lost_after_ack``
             (events the service acknowledged and later lost) and ``dropped``
             ``{reason: records}`` for reasons ``queue_full``, ``rejected``, ``fenced``,
-            ``closed``, ``forked`` and ``error``.
+            ``ignored`` (the service did not count them: this rank had not loaded the
+            restored snapshot), ``closed``, ``forked`` and ``error``; ``missing_ranks``: the
+            ranks that had never opened a session when last checked (see ``flush``).
         """
-        return self._worker.stats()
+        stats = self._worker.stats()
+        stats["missing_ranks"] = self._roster.missing
+        return stats
 
     # ------------------------------------------------------------ checkpoints
 
@@ -469,6 +557,21 @@ class MetricsClient:
 
 
 _open_clients: weakref.WeakSet[MetricsClient] = weakref.WeakSet()
+
+
+def _unpickle(pid: int, object_id: int, args: ClientArgs) -> MetricsClient:
+    """The client a pickle stands for: the original while it lives in this process, else a new one.
+
+    The new one opens its own session when it first logs (in another process: its rank's
+    new writer). The token comes from ``LINNAEUS_METRICS_TOKEN`` there: it is never pickled.
+    """
+    if pid == os.getpid():
+        for client in list(_open_clients):
+            if id(client) == object_id and client._args == args and not client._closed:
+                return client
+    client = MetricsClient.__new__(MetricsClient)
+    client._build(args, None, None, time.time)
+    return client
 
 
 def _new_locks_in_child() -> None:

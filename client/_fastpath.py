@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from client._errors import InvalidRecord, InvalidValue
 from client._labels import LabelCoder, Vocabulary, compact
+from client._rules import NAME_PATTERN, RESERVED_FAMILY, check_vocabulary
 from client._wire import (
     MAX_TOPK,
     MIN_TOPK,
-    NAME_PATTERN,
-    RESERVED_FAMILY,
     BatchEvent,
     Event,
     Labels,
@@ -240,8 +240,27 @@ class FastBatches:
             return False
         if not all(type(v) is str and NAME_PATTERN.match(v) for v in new):
             return False
-        self._labels.setdefault(family, set()).update(new)
+        self.admit(family, new)
         return True
+
+    def admit(self, family: str, labels: Iterable[str]) -> None:
+        """Remember checked labels of ``family``, refusing them past the run's limits.
+
+        The limits hold per run (the service checks the union of all ranks); a rank whose
+        own labels pass them is refused here, at the call, not later with its records.
+
+        Raises:
+            InvalidRecord: more than 64 families or 4,096 labels in a family.
+        """
+        known = self._labels.get(family, set())
+        new = set(labels) - known
+        if not new:
+            return
+        try:
+            check_vocabulary(len(self._labels) + (family not in self._labels), {family: len(known) + len(new)})
+        except InvalidValue as exc:
+            raise InvalidRecord(str(exc)) from exc
+        self._labels.setdefault(family, set()).update(new)
 
 
 def _numbers(values: list[Any]) -> list[float] | None:

@@ -13,11 +13,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS = ("queue_full", "rejected", "fenced", "closed", "forked", "error")
+DROP_REASONS = ("queue_full", "rejected", "fenced", "ignored", "closed", "forked", "error")
 _DROP_HINTS = {
     "queue_full": "the queue is full (max_queue_items) and nothing more could be merged",
     "rejected": "the service refused the run or its records",
     "fenced": "a newer session of this rank fenced this client; it sends nothing more",
+    "ignored": "the service ignored them: this rank did not load the run's restored snapshot",
     "closed": "they were not acknowledged before close()",
     "forked": "this is a forked child process; only the parent sends",
     "error": "the sender thread failed",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from client._checkpoint import RankPosition
 from client._errors import InvalidRecord, StepAlreadyCompleted
+from client._rules import RankSteps, completed_after
 from client._wire import TRAIN_PHASE
 
 
@@ -45,27 +47,29 @@ class RankProgress:
 
     def see_train_step(self, step: int) -> None:
         """A train record at ``step``: it completes every earlier step."""
-        if step <= self.completed:
+        if RankSteps(self.last_step, self.completed).has_completed(step):
             raise StepAlreadyCompleted(
                 f"step: step {step} was already completed by this rank (completed through "
                 f"step {self.completed}); flush() and state_dict() complete the last logged "
                 "step, so call them after a step's last record"
             )
-        self.last_step = max(self.last_step, step)
-        self.completed = max(self.completed, step - 1)
+        self._move(train_step=step)
 
     def end_epoch(self, phase: str, epoch: int) -> None:
         """The rank ended ``epoch`` of ``phase``; a train epoch completes the last step."""
         self.ended.setdefault(phase, set()).add(epoch)
-        if phase == TRAIN_PHASE:
-            self.completed = max(self.completed, self.last_step)
+        self._move(end_train_epoch=phase == TRAIN_PHASE)
 
     def complete(self) -> int | None:
         """Complete through the last logged step; returns it, or None if nothing was open."""
         if self.last_step <= self.completed:
             return None
-        self.completed = self.last_step
+        self._move(through_step=self.last_step)
         return self.completed
+
+    def _move(self, **record: Any) -> None:
+        moved = completed_after(RankSteps(self.last_step, self.completed), **record)
+        self.last_step, self.completed = moved.last_step, moved.completed
 
     def reset(self, position: RankPosition) -> None:
         """Go back to a cut (``load_state_dict``); directions declared so far stay."""

@@ -14,13 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from client import _rules as rules
 from client._arrays import class_indices, finite_floats, is_tensor, to_numpy, topk_from_logits
 from client._errors import InvalidRecord, InvalidType, InvalidValue
+from client._rules import MAX_STEP
 from client._wire import (
-    MAX_STEP,
-    NAME_PATTERN,
-    RESERVED_FAMILY,
-    SCALAR_NAME_PATTERN,
     BatchEvent,
     Labels,
     ScalarEvent,
@@ -47,11 +45,7 @@ def check_int(value: Any, name: str) -> int:
 
 def check_name(value: Any, name: str, error: type[InvalidValue] = InvalidRecord) -> str:
     """A name as the wire allows it (tasks, phases, families, labels, checkpoint ids)."""
-    if not isinstance(value, str):
-        raise InvalidType(f"{name}: expected a str, got {type(value).__name__} {value!r}")
-    if not NAME_PATTERN.match(value):
-        raise error(f"{name}: invalid name {value!r} (allowed: {NAME_PATTERN.pattern})")
-    return value
+    return rules.check_name(value, name, error)
 
 
 def check_number(value: Any, name: str) -> float:
@@ -178,10 +172,7 @@ def _subsets(subsets: Any, size: int) -> dict[str, Labels]:
 
 def check_family(value: Any, name: str, error: type[InvalidValue] = InvalidRecord) -> str:
     """A subset family name (``null`` is reserved for the service's null breakdown)."""
-    family = check_name(value, f"{name} family", error)
-    if family == RESERVED_FAMILY:
-        raise error(f"{name}: the family name {family!r} is reserved")
-    return family
+    return rules.check_family(value, f"{name} family", error)
 
 
 def _labels(value: Any, name: str, size: int) -> Labels:
@@ -211,11 +202,7 @@ def build_scalar(
 
 
 def _scalar_name(value: Any) -> str:
-    if not isinstance(value, str) or not SCALAR_NAME_PATTERN.match(value):
-        raise InvalidRecord(
-            f"values: invalid name {value!r} (allowed: {SCALAR_NAME_PATTERN.pattern})"
-        )
-    return value
+    return rules.check_scalar_name(value, "values", InvalidRecord)
 
 
 def _directions(higher_is_better: Any, values: Mapping[str, float]) -> dict[str, bool]:

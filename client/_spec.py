@@ -1,25 +1,23 @@
 """Checking the constructor's arguments and building the run spec (``POST /v1/runs``).
 
-The checks mirror the service's, so a misconfigured client fails in its constructor
-(ValueError/TypeError naming the argument) rather than later in the sender thread.
+The spec's rules are ``client._rules``, the ones the service applies too, so a
+misconfigured client fails in its constructor (ValueError/TypeError naming the argument)
+rather than later in the sender thread.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from client import _rules as rules
 from client._errors import InvalidType, InvalidValue
-from client._records import check_family, check_name
-from client._wire import TaskInfo
-
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-MAX_CLASSES = 2**31 - 1
-MAX_WORLD_SIZE = 65_536
+from client._rules import TaskInfo, check_int
+from client._worker import WorkerConfig
 
 
 def check_url(url: Any) -> str:
@@ -39,22 +37,9 @@ def check_url(url: Any) -> str:
     return url
 
 
-def check_run_id(run_id: Any) -> str:
-    """A run id as the service allows it."""
-    if not isinstance(run_id, str):
-        raise InvalidType(f"run_id: expected a str, got {type(run_id).__name__}")
-    if not RUN_ID_PATTERN.match(run_id) or run_id in {".", ".."}:
-        raise InvalidValue(f"run_id: invalid run id {run_id!r} (allowed: {RUN_ID_PATTERN.pattern})")
-    return run_id
-
-
 def check_bounded_int(value: Any, name: str, low: int, high: int) -> int:
     """An int (not a bool) in [low, high]."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidType(f"{name}: expected an int, got {type(value).__name__} {value!r}")
-    if not low <= value <= high:
-        raise InvalidValue(f"{name}: expected an integer in [{low}, {high}], got {value}")
-    return value
+    return check_int(value, name, low, high)
 
 
 def check_positive(value: Any, name: str) -> float:
@@ -69,55 +54,15 @@ def check_positive(value: Any, name: str) -> float:
 def parse_tasks(tasks: Any) -> list[TaskInfo]:
     """``{name: num_classes}`` or ``[{"name", "num_classes", "null_index"?}]`` as TaskInfo."""
     if isinstance(tasks, Mapping):
-        items: list[Any] = [{"name": k, "num_classes": v} for k, v in tasks.items()]
-    elif isinstance(tasks, list | tuple):
-        items = list(tasks)
-    else:
+        tasks = [{"name": k, "num_classes": v} for k, v in tasks.items()]
+    elif not isinstance(tasks, list | tuple):
         raise InvalidType(f"tasks: expected a dict or a list of dicts, got {type(tasks).__name__}")
-    if not items:
-        raise InvalidValue("tasks: expected at least one task, got none")
-    parsed = [_task(item, i) for i, item in enumerate(items)]
-    names = [t.name for t in parsed]
-    if len(set(names)) != len(names):
-        raise InvalidValue(f"tasks: duplicate task names in {names}")
-    return parsed
-
-
-def _task(item: Any, index: int) -> TaskInfo:
-    if not isinstance(item, Mapping):
-        raise InvalidType(f"tasks[{index}]: expected a dict, got {type(item).__name__}")
-    unknown = sorted(set(item) - {"name", "num_classes", "null_index"})
-    if unknown:
-        raise InvalidValue(f"tasks[{index}]: unknown field(s) {unknown}")
-    name = check_name(item.get("name"), f"tasks[{index}].name", InvalidValue)
-    num_classes = check_bounded_int(
-        item.get("num_classes"), f"tasks[{name!r}].num_classes", 1, MAX_CLASSES
-    )
-    null_index = check_bounded_int(
-        item.get("null_index", 0), f"tasks[{name!r}].null_index", 0, num_classes - 1
-    )
-    return TaskInfo(name, num_classes, null_index)
+    return list(rules.parse_tasks(tasks))
 
 
 def parse_subsets(subsets: Any) -> dict[str, list[str]] | None:
     """A declaration ``{family: [labels]}`` (labels deduplicated, order kept)."""
-    if subsets is None:
-        return None
-    if not isinstance(subsets, Mapping):
-        raise InvalidType(
-            f"subsets: expected a dict of family -> labels, got {type(subsets).__name__}"
-        )
-    out = {}
-    for family, labels in subsets.items():
-        check_family(family, "subsets", InvalidValue)
-        if isinstance(labels, str) or not isinstance(labels, list | tuple):
-            raise InvalidType(
-                f"subsets[{family!r}]: expected a list of labels, got {type(labels).__name__}"
-            )
-        out[family] = list(
-            dict.fromkeys(check_name(v, f"subsets[{family!r}] label", InvalidValue) for v in labels)
-        )
-    return out
+    return None if subsets is None else rules.parse_subsets(subsets)
 
 
 def freeze_config(config: Any) -> dict[str, Any] | None:
@@ -132,7 +77,7 @@ def freeze_config(config: Any) -> dict[str, Any] | None:
         raise InvalidValue(
             f"config: must be JSON-serialisable with finite numbers ({exc})"
         ) from exc
-    return frozen
+    return rules.parse_config(frozen)
 
 
 def run_body(
@@ -158,3 +103,66 @@ def run_body(
     if config is not None:
         body["config"] = config
     return body
+
+
+@dataclass(frozen=True)
+class ClientArgs:
+    """A client's checked constructor arguments: what a pickled copy is rebuilt from.
+
+    The token, an injected transport and a custom clock are not part of it: a token must
+    not end up in a ``torch.save`` file, and the others do not cross processes.
+    """
+
+    url: str
+    run_id: str
+    rank: int
+    world_size: int
+    tasks: tuple[TaskInfo, ...]
+    total_steps: int
+    body: dict[str, Any]
+    worker: WorkerConfig
+    binary: bool
+    request_timeout_s: float
+    open_timeout_s: float
+    missing_ranks_grace_s: float
+
+
+def check_client_args(
+    url: Any, run_id: Any, rank: Any, world_size: Any, tasks: Any, total_steps: Any,
+    config: Any, subsets: Any, options: Mapping[str, Any],
+) -> ClientArgs:
+    """Check every constructor argument (the spec by ``client._rules``); raises naming the bad one."""
+    run_id = rules.check_run_id(run_id)
+    world_size = check_int(world_size, "world_size", 1, rules.MAX_WORLD_SIZE)
+    task_list = parse_tasks(tasks)
+    total_steps = check_int(total_steps, "total_steps", 1, rules.MAX_STEP)
+    body = run_body(run_id, world_size, total_steps, task_list, parse_subsets(subsets), freeze_config(config))
+    return ClientArgs(
+        url=check_url(url),
+        run_id=run_id,
+        rank=check_int(rank, "rank", 0, world_size - 1),
+        world_size=world_size,
+        tasks=tuple(task_list),
+        total_steps=total_steps,
+        body=body,
+        worker=WorkerConfig(
+            max_queue_items=check_int(options["max_queue_items"], "max_queue_items", 1, 10**8),
+            max_batch_events=check_int(options["max_batch_events"], "max_batch_events", 1, 10_000),
+            flush_interval_s=check_positive(options["flush_interval_s"], "flush_interval_s"),
+            backoff_initial_s=check_positive(options["retry_initial_s"], "retry_initial_s"),
+            backoff_max_s=check_positive(options["retry_max_s"], "retry_max_s"),
+        ),
+        binary=bool(options["binary"]),
+        request_timeout_s=check_positive(options["request_timeout_s"], "request_timeout_s"),
+        open_timeout_s=check_non_negative(options["open_timeout_s"], "open_timeout_s"),
+        missing_ranks_grace_s=check_non_negative(options["missing_ranks_grace_s"], "missing_ranks_grace_s"),
+    )
+
+
+def check_non_negative(value: Any, name: str) -> float:
+    """A finite number >= 0 (0 turns a wait off)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidType(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+    if not 0 <= value < float("inf"):
+        raise InvalidValue(f"{name}: expected a finite number >= 0, got {value}")
+    return float(value)

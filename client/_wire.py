@@ -26,7 +26,6 @@ naming the field and the bad value.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeGuard, cast
@@ -34,17 +33,16 @@ from typing import Any, TypeAlias, TypeGuard, cast
 import msgpack
 import numpy as np
 
+from client._rules import MAX_STEP, NAME_CHARS, NAME_PATTERN, SCALAR_NAME_CHARS, SCALAR_NAME_PATTERN
+from client._rules import TaskInfo as TaskInfo  # re-exported: the service and older code import it from here
+
 JSON_TYPE = "application/json"
 MSGPACK_TYPE = "application/msgpack"
 SCALAR_KINDS = ("lr", "pipeline", "gradnorm", "custom")
 EVENT_KINDS = ("batch", *SCALAR_KINDS, "end_epoch", "complete", "checkpoint")
 TRAIN_PHASE = "train"
 MIN_TOPK = 3
-RESERVED_FAMILY = "null"  # the service's built-in null/non_null breakdown; no client may send it
 MAX_TOPK = 100
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-]{1,128}$")
-SCALAR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:+=@-][A-Za-z0-9_.:+=@/-]{0,199}$")
-MAX_STEP = 2**53
 MAX_ARRAY_DIMS = 4
 MAX_REMEMBERED_NAMES = 100_000
 _GOOD_NAMES: set[str] = set()
@@ -58,15 +56,6 @@ Labels: TypeAlias = tuple[Sequence[str], np.ndarray]
 
 class WireError(ValueError):
     """A record or body does not follow the wire format; the message names the field."""
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """What a run says of one task."""
-
-    name: str
-    num_classes: int
-    null_index: int = 0
 
 
 @dataclass
@@ -499,7 +488,7 @@ def _check_name(value: Any, where: str) -> str:
     if type(value) is str and value in _GOOD_NAMES:  # names repeat in every record: match each once
         return value
     if not isinstance(value, str) or not NAME_PATTERN.match(value):
-        raise WireError(f"{where}: invalid name {value!r} (allowed: {NAME_PATTERN.pattern})")
+        raise WireError(f"{where}: invalid name {value!r} (allowed: {NAME_CHARS})")
     if len(_GOOD_NAMES) < MAX_REMEMBERED_NAMES:
         _GOOD_NAMES.add(value)
     return value
@@ -511,7 +500,7 @@ def _name(obj: Mapping[str, Any], key: str, where: str) -> str:
 
 def _scalar_name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not SCALAR_NAME_PATTERN.match(value):
-        raise WireError(f"{where}.values: invalid name {value!r} (allowed: {SCALAR_NAME_PATTERN.pattern})")
+        raise WireError(f"{where}.values: invalid name {value!r} (allowed: {SCALAR_NAME_CHARS})")
     return value
 
 

@@ -10,6 +10,8 @@ session's sequence until the service acknowledges them; only then do they leave 
 What the service's answers mean (DESIGN §3b):
 
 - 200 ``acked_seq``: records below it are durable; the rest of the delivery is resent.
+  ``ignored`` > 0: the service acknowledged those events but does not count them (this
+  session did not load the run's restored snapshot): they are lost, counted as ``ignored``.
 - 409 ``sequence_gap``: the service lost acknowledged records; resend from its position.
 - 409 ``session_fenced``: a newer session of this rank exists; drop everything, stop.
 - 404: the service lost the run; create it again, open a session, resend from its start.
@@ -112,6 +114,7 @@ class Worker:
         self._failure: ServiceRejected | None = None
         self._problem = "no attempt yet"
         self._thread: threading.Thread | None = None
+        self._attempted = threading.Event()  # the first attempt to open the run and session is over
         _live_workers.add(self)
 
     def _new_sync_state(self) -> None:
@@ -126,11 +129,21 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    def _start_if_lazy(self) -> None:
+        """An unpickled client's sender starts on first use (caller holds the lock)."""
+        if self._thread is None and self._state == RUNNING:
+            self.start()
+
+    def wait_opened(self, timeout_s: float) -> bool:
+        """Wait until the first attempt to open the run and session is over; True if it is."""
+        return self._attempted.wait(timeout_s)
+
     # ------------------------------------------------------------ producer side (any thread)
 
     def put(self, event: Record) -> None:
         """Queue a record; O(1) unless the queue is full. Never blocks on the network."""
         with self._lock:
+            self._start_if_lazy()
             self._stats.queued += 1
             reason = _STATE_DROP_REASON.get(self._state)
             if reason is None:
@@ -162,6 +175,7 @@ class Worker:
             ServiceUnavailable: no session within ``timeout_s``.
         """
         with self._changed:
+            self._start_if_lazy()
             self._changed.wait_for(
                 lambda: self._session is not None or self._state != RUNNING,
                 timeout=max(timeout_s, 0.0),
@@ -188,6 +202,11 @@ class Worker:
         """Counters (see ``MetricsClient.stats``)."""
         with self._lock:
             return self._stats.to_dict(self._pending())
+
+    def lost(self) -> int:
+        """Records lost so far, for any reason (dropped, ignored, lost by the service after its ack)."""
+        with self._lock:
+            return sum(self._stats.dropped.values()) + self._stats.lost_after_ack
 
     def close(self, timeout_s: float) -> bool:
         """Flush within ``timeout_s``, stop the thread, close the connection; True if flushed."""
@@ -252,6 +271,7 @@ class Worker:
         except ServiceRejected as exc:
             self._fail(exc)
             return False
+        self._attempted.set()
         self._backoff.reset()
         return True
 
@@ -285,7 +305,7 @@ class Worker:
             self._retry_later(str(exc))
             return
         if reply.ok:
-            self._acked(delivery, _int_field(reply.payload, "acked_seq"))
+            self._acked(delivery, _int_field(reply.payload, "acked_seq"), max(_int_field(reply.payload, "ignored"), 0))
         elif reply.error_type == "sequence_gap":
             self._resequence(delivery, _int_field(reply.payload, "expected_seq"))
         elif reply.error_type == "session_fenced":
@@ -301,7 +321,7 @@ class Worker:
 
     # ------------------------------------------------------------ outcomes
 
-    def _acked(self, delivery: _Delivery, acked_seq: int) -> None:
+    def _acked(self, delivery: _Delivery, acked_seq: int, ignored: int = 0) -> None:
         count = min(acked_seq - self._next_seq, len(delivery.encoded))
         if count <= 0:
             self._retry_later(f"acknowledgement did not advance (acked_seq={acked_seq})")
@@ -309,13 +329,27 @@ class Worker:
         with self._changed:
             if self._inflight is not delivery:  # close() gave up on it meanwhile
                 return
+            # the service ignores the newest events of a delivery: those it had not seen before
+            lost = sum(len(p) for p in delivery.parts[max(count - ignored, 0):count])
+            if lost:  # logged before flush() can see it
+                self._log_ignored(lost)
             self._stats.acked_events += count
-            self._stats.delivered += delivery.pop_front(count)
+            self._stats.delivered += delivery.pop_front(count) - lost
+            self._stats.dropped["ignored"] += lost
             self._next_seq = acked_seq
             if not delivery.parts:
                 self._inflight = None
             self._changed.notify_all()
         self._recovered()
+
+    def _log_ignored(self, lost: int) -> None:
+        self._losses.once(
+            "ignored",
+            logging.ERROR,
+            f"rank {self._rank}: the service ignored {lost} records: this rank's session has not loaded the "
+            "run's restored snapshot (call load_state_dict() on every rank after a restore); further ones "
+            "are counted in stats()['dropped']['ignored']",
+        )
 
     def _resequence(self, delivery: _Delivery, expected_seq: int) -> None:
         if expected_seq < 0:
@@ -336,15 +370,16 @@ class Worker:
         )
 
     def _fence(self, detail: str) -> None:
-        with self._changed:
-            self._state = FENCED
-            self._drop_all_locked("fenced")
+        # logged before flush() can see the drop: a caller that got False finds the reason logged
         self._losses.once(
             "fenced",
             logging.ERROR,
             f"rank {self._rank}: this client was fenced by a newer session ({detail}); "
             "its records are dropped and counted in stats()['dropped']['fenced']",
         )
+        with self._changed:
+            self._state = FENCED
+            self._drop_all_locked("fenced")
 
     def _lose_session(self, detail: str) -> None:
         with self._lock:
@@ -361,26 +396,28 @@ class Worker:
         with self._changed:
             if self._inflight is not delivery:
                 return
+            self._losses.once(  # before flush() can see the drop (rare: logging under the lock is fine)
+                "rejected",
+                logging.ERROR,
+                f"the service rejected {delivery.records} records ({why}); they are dropped "
+                "and further rejections are counted in stats()['dropped']['rejected']",
+            )
             self._stats.dropped["rejected"] += delivery.records
             self._inflight = None
             self._changed.notify_all()
-        self._losses.once(
-            "rejected",
-            logging.ERROR,
-            f"the service rejected {delivery.records} records ({why}); they are dropped "
-            "and further rejections are counted in stats()['dropped']['rejected']",
-        )
 
     def _fail(self, exc: ServiceRejected) -> None:
+        log.error("rank %d: %s; records are dropped from now on", self._rank, exc)  # before flush() sees it
         with self._changed:
             self._state, self._failure = FAILED, exc
             self._drop_all_locked("rejected")
-        log.error("rank %d: %s; records are dropped from now on", self._rank, exc)
+        self._attempted.set()
 
     def _retry_later(self, problem: str) -> None:
         with self._lock:
             self._stats.retries += 1
             self._problem = problem
+        self._attempted.set()
         self._losses.once(
             "unreachable",
             logging.WARNING,

@@ -10,8 +10,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RUN_ID = r"^[A-Za-z0-9._-]{1,128}$"
-NAME = r"^[A-Za-z0-9_.:+=@-]{1,128}$"
+from client import _rules as rules
+
+# Documentation and a first gate; the full rules (client._rules) run in service.core.spec.
+RUN_ID = rules.json_pattern(rules.RUN_ID_CHARS)
+NAME = rules.json_pattern(rules.NAME_CHARS)
 
 
 class Strict(BaseModel):
@@ -22,16 +25,16 @@ class Strict(BaseModel):
 
 class TaskModel(Strict):
     name: str = Field(pattern=NAME)
-    num_classes: int = Field(ge=1, le=2**31 - 1)
-    null_index: int = Field(0, ge=0)
+    num_classes: int = Field(ge=1, le=rules.MAX_CLASSES)
+    null_index: int = Field(0, ge=0, le=rules.MAX_CLASSES - 1)
 
 
 class RunCreate(Strict):
     run_id: str = Field(pattern=RUN_ID)
-    world_size: int = Field(ge=1, le=65_536)
-    total_steps: int = Field(ge=1, le=2**53)
-    tasks: list[TaskModel] = Field(min_length=1, max_length=256)
-    subsets: dict[str, list[str]] | None = None
+    world_size: int = Field(ge=1, le=rules.MAX_WORLD_SIZE)
+    total_steps: int = Field(ge=1, le=rules.MAX_STEP)
+    tasks: list[TaskModel] = Field(min_length=1, max_length=rules.MAX_TASKS)
+    subsets: dict[str, list[str]] | None = Field(None, max_length=rules.MAX_FAMILIES)
     config: dict[str, Any] | None = None
 
 

@@ -2,7 +2,8 @@
 
 A rank has completed train step s once it sent a train batch or a scalar for a later
 step, ended the train epoch, flushed or closed. A train record for a step its rank has
-already completed is refused.
+already completed is refused. The rule itself is ``client._rules.completed_after``, the
+one the client applies before it queues a record.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from client._rules import RankSteps, completed_after
 from client._wire import TRAIN_PHASE, BatchEvent, CompleteEvent, EndEpochEvent, Event, ScalarEvent
 from service.core.errors import StepAlreadyCompleted
 
@@ -29,23 +31,25 @@ class RankState:
 
     def see_step(self, step: int) -> None:
         """A train record at ``step`` completes every earlier step."""
-        self.completed = max(self.completed, step - 1)
-        self.last_step = max(self.last_step, step)
+        self._move(train_step=step)
 
     def advance(self, event: Event) -> None:
         """Move this rank's position past ``event``."""
         if (isinstance(event, BatchEvent) and event.phase == TRAIN_PHASE) or isinstance(event, ScalarEvent):
-            self.see_step(event.step)
+            self._move(train_step=event.step)
         elif isinstance(event, EndEpochEvent):
             self.ended.setdefault(event.phase, set()).add(event.epoch)
-            if event.phase == TRAIN_PHASE:
-                self.completed = max(self.completed, self.last_step)
+            self._move(end_train_epoch=event.phase == TRAIN_PHASE)
         elif isinstance(event, CompleteEvent):
-            self.completed = max(self.completed, event.through_step)
+            self._move(through_step=event.through_step)
+
+    def _move(self, **record: Any) -> None:
+        moved = completed_after(RankSteps(self.last_step, self.completed), **record)
+        self.last_step, self.completed = moved.last_step, moved.completed
 
     def check_step(self, step: int, where: str) -> None:
         """Raise StepAlreadyCompleted if this rank already completed ``step``."""
-        if step <= self.completed:
+        if RankSteps(self.last_step, self.completed).has_completed(step):
             raise StepAlreadyCompleted(
                 f"{where}.step: step {step} was already completed by this rank (completed through {self.completed})"
             )

@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from client._errors import InvalidValue
+from client._rules import check_vocabulary
 from client._wire import (
     TRAIN_PHASE,
     BatchEvent,
@@ -70,7 +72,8 @@ class RunState:
         batches = [(e, f"events[{i}]") for i, e in enumerate(events) if isinstance(e, BatchEvent)]
         try:
             check_batches_against([b for b, _ in batches], self.spec.tasks, [w for _, w in batches])
-        except WireError as exc:
+            check_vocabulary(*self.layout.sizes_with([b for b, _ in batches]))
+        except (WireError, InvalidValue) as exc:
             raise InvalidInput(str(exc)) from exc
         state = self.accepted[rank].copy()
         for i, event in enumerate(events):

@@ -7,6 +7,12 @@
 (True, False, False)
 >>> s.next_firing("step", 11), s.next_firing("step", 20), s.next_firing("lr", 3)
 (20, 20, None)
+
+Without a METRICS section the seed's example schedule applies, and says so:
+
+>>> d = resolve_schedule(None, total_steps=1000)
+>>> d.intervals["step"], d.intervals["wandb"], d.source
+(100, 100, 'default')
 """
 
 from __future__ import annotations
@@ -18,14 +24,21 @@ from typing import Any
 from service.core.errors import ConfigError
 
 GROUPS = ("step", "console", "wandb", "lr", "pipeline")
+#: The seed's example schedule (DESIGN §4), used when a config has no METRICS section.
+DEFAULT_INTERVALS = {"step": 100, "console": 200, "wandb": 100, "lr": 200, "pipeline": 500}
 KNOWN_KEYS = frozenset(f"{g.upper()}_{suffix}" for g in GROUPS for suffix in ("INTERVAL", "FRACTION")) | {"ALERTS"}
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """Resolved intervals in steps per group; 0 means the group is disabled."""
+    """Resolved intervals in steps per group; 0 means the group is disabled.
+
+    ``source`` is ``"config"`` when they come from a METRICS section, ``"default"`` when
+    the config had none and the seed's example schedule applies.
+    """
 
     intervals: Mapping[str, int]
+    source: str = "config"
 
     def fires(self, group: str, step: int) -> bool:
         """True when ``group`` logs at ``step``."""
@@ -57,17 +70,26 @@ def metrics_section(config: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 
 def resolve_schedule(config: Mapping[str, Any] | None, total_steps: int) -> Schedule:
-    """Resolve every group's interval.
+    """Resolve every group's interval (the seed's defaults when there is no METRICS section).
 
     Raises:
         ConfigError: unknown keys, both INTERVAL and FRACTION non-zero, a negative
             interval or a fraction outside (0, 1].
     """
     section = metrics_section(config)
+    if not section and not _has_section(config):
+        return Schedule(dict(DEFAULT_INTERVALS), source="default")
     unknown = sorted(set(section) - KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"METRICS: unknown key(s) {unknown} (known: {sorted(KNOWN_KEYS)})")
     return Schedule({g: _interval(section, g.upper(), total_steps) for g in GROUPS})  # ALERTS: core/alerts.py
+
+
+def _has_section(config: Mapping[str, Any] | None) -> bool:
+    """True if the config names a METRICS section at all (an empty one disables every group)."""
+    config = config or {}
+    schedule = config.get("SCHEDULE")
+    return config.get("METRICS") is not None or (isinstance(schedule, Mapping) and schedule.get("METRICS") is not None)
 
 
 def _interval(section: Mapping[str, Any], group: str, total_steps: int) -> int:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from client._wire import RESERVED_FAMILY, BatchEvent, TaskInfo
+from client._rules import RESERVED_FAMILY
+from client._wire import BatchEvent, TaskInfo
 from service.core.exact import fixed, fixed_sums_by_label, ratio
 
 NULL_FAMILY = RESERVED_FAMILY
@@ -51,6 +52,16 @@ class Layout:
         table = np.array([index[label] for label in labels], dtype=np.int64)
         codes: np.ndarray = table[local_codes]
         return codes
+
+    def sizes_with(self, batches: Sequence[BatchEvent]) -> tuple[int, dict[str, int]]:
+        """Families, and labels of each family a batch adds to, once ``batches`` are in."""
+        new: dict[str, set[str]] = {}
+        for batch in batches:
+            for family, (labels, _) in batch.subsets.items():
+                known = self._index.get(family, {})
+                new.setdefault(family, set()).update(v for v in labels if v not in known)
+        families = len(self.families) + sum(1 for f in new if f not in self.families)
+        return families, {f: len(self.families.get(f, ())) + len(v) for f, v in new.items() if v}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe vocabularies."""

@@ -42,13 +42,15 @@ class RunHost:
         new_id: session id factory.
         listeners: get every emission and notice like sinks but are not the run's sinks
             (the live stream, the alert log): nothing to finish, no per-run status.
-        clock: wall-clock time (created/updated/last-seen times and stall alerts).
+        missing_rank_grace_s: how long after a run's first session ranks that never opened one
+            are logged (once per run, at the next delivery).
+        clock: wall-clock time (created/updated/last-seen times, stall alerts, the grace above).
     """
 
     def __init__(self, sinks: Sequence[Sink] = (), store: Store | None = None, max_runs: int = 1000,
                  history_max_points: int = 10_000, image_every_events: int = 5_000,
                  new_id: Callable[[], str] = lambda: uuid.uuid4().hex, listeners: Sequence[Listener] = (),
-                 clock: Callable[[], float] = time.time) -> None:
+                 missing_rank_grace_s: float = 30.0, clock: Callable[[], float] = time.time) -> None:
         self.sinks = list(sinks)
         self.listeners = list(listeners)
         self._outputs: list[Listener] = [*self.sinks, *self.listeners]
@@ -62,6 +64,8 @@ class RunHost:
         self._runs: dict[str, Run] = {}
         self._outboxes: dict[str, Outbox] = {}
         self._last_command: dict[str, int] = {}
+        self.missing_rank_grace_s = missing_rank_grace_s
+        self._first_session_at: dict[str, float] = {}  # runs whose missing ranks are not yet logged
         self.image_writes = 0
         self.image_seconds = 0.0
         self._lock = threading.Lock()
@@ -151,6 +155,7 @@ class RunHost:
                     self.store.delete_run(run_id)
                 del self._runs[run_id]
                 self._outboxes.pop(run_id, None)
+                self._first_session_at.pop(run_id, None)
         for output in self._outputs:
             output.delete_run(run_id)
 
@@ -171,6 +176,7 @@ class RunHost:
             self._collect(run, notices)
         if fenced:
             log.info("run %s: rank %d opened a session, fencing %d older one(s)", run_id, rank, len(fenced))
+        self._first_session_at.setdefault(run_id, self._clock())
         self._dispatch(run)
         return {"session": session_id, "rank": rank, "next_seq": 0}
 
@@ -191,8 +197,19 @@ class RunHost:
             if plan.fresh:  # a resent duplicate changes nothing, its time included
                 run.seen(plan.session.rank, now)
             self._collect(run)
+            self._log_missing_ranks(run)
         self._dispatch(run)
         return reply
+
+    def _log_missing_ranks(self, run: Run) -> None:
+        """Once per run, after the grace period: ranks that never joined (caller holds the lock)."""
+        since = self._first_session_at.get(run.spec.run_id)
+        if since is None or self._clock() - since < self.missing_rank_grace_s:
+            return
+        del self._first_session_at[run.spec.run_id]
+        missing = views.missing_ranks(run)
+        if missing:
+            log.warning("run %s: %s", run.spec.run_id, views.missing_note(run, missing))
 
     def restore(self, run_id: str, session_id: str, snapshot: Mapping[str, Any]) -> dict[str, Any]:
         """Roll the run back to a snapshot's cut (DESIGN §3b)."""

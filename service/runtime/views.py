@@ -21,13 +21,29 @@ def full_info(run: Run) -> dict[str, Any]:
     info = short_info(run)
     info.update(run.spec.to_dict())
     info["schedule"] = dict(run.state.schedule.intervals)
+    info["schedule_source"] = run.state.schedule.source
     info["ranks"] = rank_info(run)
+    info["missing_ranks"] = missing_ranks(run)
+    if info["missing_ranks"]:
+        info["note"] = missing_note(run, info["missing_ranks"])
     info["counters"] = dict(run.counters)
     info["generation"] = run.generation
     info["checkpoints"] = list(run.checkpoints)
     info["markers"] = [dict(m) for m in run.markers]
     info["alerts"] = [a.to_dict() for a in run.alerts.fired]
     return info
+
+
+def missing_ranks(run: Run) -> list[int]:
+    """Ranks that never opened a session: every step window waits for them (caller holds the lock)."""
+    joined = {s.rank for s in run.sessions.sessions.values()}
+    return [r for r in range(run.spec.world_size) if r not in joined]
+
+
+def missing_note(run: Run, missing: list[int]) -> str:
+    """Why a run shows no step metrics, for the run's info and the log."""
+    return (f"ranks {missing} of {run.spec.world_size} never opened a session of run {run.spec.run_id!r}: "
+            "step windows and epochs wait for every rank (were those ranks started with another run id?)")
 
 
 def rank_info(run: Run) -> list[dict[str, Any]]:

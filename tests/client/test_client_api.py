@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -96,14 +97,29 @@ def test_the_bearer_token_is_sent(monkeypatch: pytest.MonkeyPatch, from_env: boo
     assert set(seen) == {"Bearer from-env" if from_env else "Bearer secret"}
 
 
-def test_a_refused_run_spec_stops_sending_and_is_reported(
-    service: FakeService, make_client: Make
-) -> None:
+def test_a_refused_run_spec_raises_in_the_constructor(service: FakeService, make_client: Make) -> None:
+    # issue 14, finding 2: a 409 used to drop every record while flush() said True
     service.runs["exp"] = {"run_id": "exp", "world_size": 7}
-    mc = make_client()
+    with pytest.raises(ServiceRejected) as caught:
+        make_client()
+    assert caught.value.error_type == "run_conflict" and caught.value.status_code == 409
+
+
+def test_a_refusal_after_an_unreachable_start_makes_flush_false_and_is_logged_once(
+    service: FakeService, make_client: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    service.down = True
+    mc = make_client(open_timeout_s=5)  # returns: the service cannot be reached, records are buffered
     mc.log_lr(0, {"backbone": 0.1})
-    assert mc.flush(5)
-    assert mc.stats()["dropped"]["rejected"] == 2
+    mc.log_lr(1, {"backbone": 0.1})
+    service.runs["exp"] = {"run_id": "exp", "world_size": 7}
+    with caplog.at_level(logging.ERROR, logger="client"):
+        service.down = False
+        assert mc.flush(5) is False
+        assert mc.flush(5) is False
+    assert mc.stats()["dropped"]["rejected"] >= 2
+    refusals = [r for r in caplog.records if r.levelno == logging.ERROR and "run_conflict" in r.getMessage()]
+    assert len(refusals) == 1, caplog.text
     with pytest.raises(ServiceRejected) as caught:
         mc.state_dict(timeout_s=1)
     assert caught.value.error_type == "run_conflict" and caught.value.status_code == 409
@@ -137,7 +153,7 @@ def test_a_forked_child_does_not_send_and_the_parent_goes_on(
     with os.fdopen(read_end) as reader:
         report = json.loads(reader.read() or "{}")
     os.waitpid(pid, 0)
-    assert report["flushed"] and report["posts"] == 0
+    assert report["flushed"] is False and report["posts"] == 0  # its records are dropped: flush() says so
     assert report["stats"]["dropped"]["forked"] == 2  # the record and the flush's completion mark
     mc.log_lr(1, {"backbone": 0.3})
     assert mc.flush(5)

@@ -209,7 +209,8 @@ def test_a_sequence_gap_resends_from_the_expected_seq(
     session = service.sessions[service.latest[("exp", 0)]]
     session.next_seq -= 2  # the service lost two acknowledged records
     mc.log_lr(3, {"backbone": 0.1})
-    assert mc.flush(5)
+    assert mc.flush(5) is False  # delivered, but two earlier records are gone: not everything is durable
+    assert mc.stats()["pending"] == 0
     assert mc.stats()["lost_after_ack"] == 2
     assert service.events()[-1] == CompleteEvent(through_step=3)
 
@@ -221,14 +222,16 @@ def test_rejected_deliveries_are_dropped_counted_and_logged_once(
     service.failures.extend(["reject", "reject"])
     with caplog.at_level(logging.ERROR, logger="client"):
         mc.log_lr(0, {"backbone": 0.1})
-        assert mc.flush(5)
+        assert mc.flush(5) is False
         mc.log_lr(1, {"backbone": 0.1})
-        assert mc.flush(5)
+        assert mc.flush(5) is False
     assert mc.stats()["dropped"]["rejected"] == 4  # two scalars, two completion marks
     messages = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert len(messages) == 1 and "injected reject" in messages[0]
+    assert all(r.levelno == logging.ERROR for r in caplog.records if "rejected" in r.getMessage())
     mc.log_lr(2, {"backbone": 0.1})
-    assert mc.flush(5)
+    assert mc.flush(5) is False  # delivered now, but the earlier loss stays visible
+    assert mc.stats()["pending"] == 0
     assert [e.step for e in service.events(ScalarEvent)] == [2]
 
 
@@ -243,7 +246,8 @@ def test_a_fenced_client_drops_and_counts_without_raising(
     assert new.flush(5)
     old.log_lr(1, {"backbone": 0.1})
     old.log_batch(2, epoch=0, **random_batch(np.random.default_rng(4), 2))
-    assert old.flush(5)  # nothing left unacknowledged: the records were dropped
+    assert old.flush(5) is False  # nothing left unacknowledged, but the records were dropped
+    assert old.stats()["pending"] == 0
     old.log_lr(3, {"backbone": 0.1})  # still no raise
     dropped = old.stats()["dropped"]["fenced"]
     assert dropped == 4  # two records and a completion mark, then one more record

@@ -8,9 +8,19 @@ from service.core.errors import ConfigError
 from service.core.schedule import resolve_schedule
 
 
-def test_absent_section_disables_everything() -> None:
-    assert set(resolve_schedule({}, 100).intervals.values()) == {0}
-    assert set(resolve_schedule(None, 100).intervals.values()) == {0}
+@pytest.mark.parametrize("config", [None, {}, {"EXPERIMENT": {"NAME": "x"}}, {"SCHEDULE": {"LR": 1}}])
+def test_absent_section_applies_the_seed_defaults(config: dict[str, object] | None) -> None:
+    # DESIGN §4: STEP 100, CONSOLE 200, WANDB 100, LR 200, PIPELINE 500 (issue 14, finding 1)
+    schedule = resolve_schedule(config, 1000)
+    assert dict(schedule.intervals) == {"step": 100, "console": 200, "wandb": 100, "lr": 200, "pipeline": 500}
+    assert schedule.source == "default"
+
+
+@pytest.mark.parametrize("config", [{"METRICS": {}}, {"SCHEDULE": {"METRICS": {}}}])
+def test_an_empty_section_disables_everything(config: dict[str, object]) -> None:
+    schedule = resolve_schedule(config, 100)
+    assert set(schedule.intervals.values()) == {0}
+    assert schedule.source == "config"
 
 
 @pytest.mark.parametrize(("fraction", "total", "expected"), [
