@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from client._spec import RUN_ID_PATTERN
+from client._rules import RUN_ID_PATTERN
 from service.settings import Settings
 from tests.deploy.test_docker_files import (
     COMPOSE,
