@@ -81,8 +81,12 @@ class Ranks:
 
 
 def with_flush(ranks: Ranks, windows: int, poll_s: float, budget: c.Budget) -> dict[str, Any]:
+    return with_flush_from(ranks, 0, windows, poll_s, budget)
+
+
+def with_flush_from(ranks: Ranks, step: int, windows: int, poll_s: float, budget: c.Budget) -> dict[str, Any]:
+    """``windows`` windows (after the warm-up ones) from ``step``, a window boundary both ranks reached."""
     call, ack, polls = [], [], []
-    step = 0
     for w in range(windows + WARMUP_WINDOWS):
         if budget.left() < 10:
             break

@@ -65,7 +65,9 @@ class MetricsClient:
     ``LINNAEUS_METRICS_TOKEN``: a token is never pickled).
 
     Args:
-        url: the service root, e.g. ``"http://metrics:8000"``.
+        url: the service root, e.g. ``"http://metrics:8000"`` (or a router in front of replicas),
+            or a list of replica roots (also as one string separated by commas): writes go to
+            the run's owner, found by following the replicas' 307 answers.
         run_id: the run, ``[A-Za-z0-9._-]{1,128}``.
         rank: this process's rank in ``[0, world_size)``.
         world_size: number of ranks reporting to the run.
@@ -109,7 +111,7 @@ class MetricsClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | list[str],
         run_id: str,
         rank: int,
         world_size: int,

@@ -21,9 +21,13 @@ from client._worker import WorkerConfig
 
 
 def check_url(url: Any) -> str:
-    """An http(s) URL of the service."""
+    """An http(s) URL of the service, or several replicas' URLs (a list, or separated by commas)."""
+    if isinstance(url, list | tuple) and url:
+        return ",".join(check_url(u) for u in url)
     if not isinstance(url, str):
-        raise InvalidType(f"url: expected a str, got {type(url).__name__}")
+        raise InvalidType(f"url: expected a str or a list of str, got {type(url).__name__}")
+    if "," in url:
+        return check_url([u.strip() for u in url.split(",")])
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:

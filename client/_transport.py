@@ -3,6 +3,11 @@
 ``Transport.request`` returns a ``Reply`` for every HTTP answer (the caller decides what a
 status means for it) and raises ``ServiceUnavailable`` only when no answer arrived.
 ``Reply.json`` turns an error answer into the matching exception of ``client._errors``.
+
+Several replicas (DESIGN §10): ``base_url`` may list replica URLs separated by commas. A
+replica that does not own the run answers 307 with the owner's URL: the transport follows
+it and keeps sending there. When the current URL does not answer, the next attempt goes to
+the next URL of the list (the run's owner may have died; another replica takes it over).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from client._wire import JSON_TYPE, MSGPACK_TYPE, pack_body
 TOKEN_ENV = "LINNAEUS_METRICS_TOKEN"
 USER_AGENT = "linnaeus-metrics-client/0.1"
 TRANSIENT_STATUS = frozenset({408, 429})
+REDIRECT_STATUS = frozenset({307, 308})
+MAX_REDIRECTS = 3
 
 T = TypeVar("T")
 
@@ -97,7 +104,8 @@ class Transport:
     """The client's connection to the service.
 
     Args:
-        base_url: the service root, e.g. ``http://metrics:8000``.
+        base_url: the service root, e.g. ``http://metrics:8000``, or several replicas' roots
+            separated by commas.
         token: bearer token; defaults to the ``LINNAEUS_METRICS_TOKEN`` environment variable.
         binary: send event bodies as msgpack (True) or JSON (False).
         timeout_s: timeout of one request.
@@ -113,7 +121,9 @@ class Transport:
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url
+        self.urls = [u.strip().rstrip("/") for u in base_url.split(",")]
+        self.base_url = self.urls[0]
+        self._index = 0
         self.binary = binary
         self.timeout_s = timeout_s
         self._token = token if token is not None else os.environ.get(TOKEN_ENV) or None
@@ -127,7 +137,6 @@ class Transport:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         return httpx.Client(
-            base_url=self.base_url,
             headers=headers,
             timeout=self.timeout_s,
             transport=self._injected,
@@ -152,30 +161,48 @@ class Transport:
     ) -> Reply:
         """Send a JSON request; raises ServiceUnavailable when no answer arrives."""
         return self._send(
-            lambda http: http.request(
-                method, path, json=json, params=params, timeout=timeout_s or self.timeout_s
-            )
+            path,
+            lambda http, url: http.request(
+                method, url, json=json, params=params, timeout=timeout_s or self.timeout_s
+            ),
         )
 
     def post_events(self, path: str, body: Mapping[str, Any]) -> Reply:
         """POST a delivery body (events already encoded) as msgpack or JSON."""
         content = pack_body(body, self.binary)
         headers = {"Content-Type": MSGPACK_TYPE if self.binary else JSON_TYPE}
-        return self._send(lambda http: http.post(path, content=content, headers=headers))
+        return self._send(path, lambda http, url: http.post(url, content=content, headers=headers))
 
     def call(self, method: str, path: str, *, json: Any = None) -> Any:
         """Send a JSON request and return the answer's body; raise on any error."""
         return self.request(method, path, json=json).json()
 
-    def _send(self, send: Callable[[httpx.Client], httpx.Response]) -> Reply:
-        try:
-            response = send(self._http())
-        except httpx.TimeoutException as exc:
-            raise ServiceUnavailable(f"no answer from {self.base_url} in time ({exc!r})") from exc
-        except (httpx.HTTPError, RuntimeError) as exc:
-            # RuntimeError: httpx refuses requests on a client closed by another thread.
-            raise ServiceUnavailable(f"cannot reach {self.base_url} ({exc!r})") from exc
-        return Reply(response.status_code, _payload(response))
+    def _send(self, path: str, send: Callable[[httpx.Client, str], httpx.Response]) -> Reply:
+        for _ in range(MAX_REDIRECTS + 1):
+            base = self.base_url
+            try:
+                response = send(self._http(), base + path)
+            except httpx.TimeoutException as exc:
+                self._move_on(base)
+                raise ServiceUnavailable(f"no answer from {base} in time ({exc!r})") from exc
+            except (httpx.HTTPError, RuntimeError) as exc:
+                # RuntimeError: httpx refuses requests on a client closed by another thread.
+                self._move_on(base)
+                raise ServiceUnavailable(f"cannot reach {base} ({exc!r})") from exc
+            location = response.headers.get("location")
+            if response.status_code not in REDIRECT_STATUS or not location:
+                return Reply(response.status_code, _payload(response))
+            self.base_url = _owner_root(location, path)  # the run's owner: remembered for what follows
+        raise ServiceUnavailable(f"more than {MAX_REDIRECTS} redirects for {path} (last: {self.base_url})")
+
+    def _move_on(self, failed: str) -> None:
+        """After no answer from ``failed``: the next listed URL, or back to the list from a followed owner."""
+        with self._lock:
+            if self.base_url != failed:
+                return  # another thread moved on already
+            if failed in self.urls:
+                self._index = (self.urls.index(failed) + 1) % len(self.urls)
+            self.base_url = self.urls[self._index]
 
     def close(self) -> None:
         """Close the connection pool (idempotent)."""
@@ -188,6 +215,13 @@ class Transport:
         """Forget the pool without closing it: in a forked child it belongs to the parent."""
         self._lock = threading.Lock()
         self._client = None
+
+
+def _owner_root(location: str, path: str) -> str:
+    """The root URL in a redirect to ``<owner root><path>[?query]``."""
+    url = httpx.URL(location)
+    root = url.path.removesuffix(path) if url.path.endswith(path) else ""
+    return str(url.copy_with(path=root or "/", query=None, fragment=None)).rstrip("/")
 
 
 def _payload(response: httpx.Response) -> Any:

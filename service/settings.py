@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     readiness_probe_interval_s: float = Field(
         1.0, ge=0, description="at most one durable probe write per this many seconds")
     sqlite_synchronous: str = Field("FULL", pattern="^(FULL|NORMAL)$", description="SQLite synchronous mode")
+    # scale-out (DESIGN §10): a PostgreSQL URL shares the durable state between replicas
+    store: str | None = Field(None, pattern=r"^postgres(ql)?://",
+                              description="postgresql:// URL of a shared store (default: SQLite under the data dir)")
+    store_connect_timeout_s: float = Field(5.0, gt=0, description="seconds to connect to the PostgreSQL store")
+    replica_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+                                   description="this replica's id in run leases (default: host-pid-random)")
+    advertised_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$",
+                                       description="URL other replicas send this replica's clients to")
+    lease_ttl_s: float = Field(5.0, ge=0.5, le=300, description="seconds a run lease lasts without renewal")
     wandb_enabled: bool = Field(True, description="forward to Weights & Biases")
     wandb_mode: str | None = Field(None, pattern="^(online|offline|disabled)$",
                                    description="wandb mode (default: online with an API key, else offline)")

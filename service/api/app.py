@@ -6,11 +6,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from anyio import to_thread
 from fastapi import FastAPI
 
+from service.api import replicas
 from service.api.auth import BearerAuth
 from service.api.body_limit import BodyLimit
 from service.api.errors import install_error_handlers
@@ -23,7 +25,9 @@ from service.core.emission import Sink
 from service.core.errors import StoreUnavailable
 from service.runtime.alert_log import AlertLog
 from service.runtime.host import RunHost
+from service.runtime.replica import ReplicaHost
 from service.settings import Settings
+from service.storage.base import Store
 from service.storage.sqlite import SqliteStore
 
 log = logging.getLogger("linnaeus_metrics")
@@ -43,7 +47,9 @@ def default_sinks(settings: Settings) -> list[Sink]:
     return sinks
 
 
-def _open_store(settings: Settings, readiness: Readiness) -> SqliteStore | None:
+def _open_store(settings: Settings, readiness: Readiness) -> Store | None:
+    if settings.store is not None:
+        return replicas.open_shared_store(settings)
     try:
         return SqliteStore(settings.data_dir / "metrics.sqlite3", settings.sqlite_synchronous)
     except StoreUnavailable as exc:
@@ -51,7 +57,15 @@ def _open_store(settings: Settings, readiness: Readiness) -> SqliteStore | None:
         return None
 
 
-def _recover(host: RunHost, store: SqliteStore, readiness: Readiness) -> float | None:
+def _make_host(settings: Settings, sinks: list[Sink], store: Store | None, listeners: list[Any]) -> RunHost:
+    options: dict[str, Any] = {"max_runs": settings.max_runs, "history_max_points": settings.history_max_points,
+                               "image_every_events": settings.snapshot_every_events, "listeners": listeners}
+    if settings.store is None or store is None:
+        return RunHost(sinks, store=store, **options)
+    return replicas.make_replica(settings, sinks, store, options)
+
+
+def _recover(host: RunHost, store: Store, readiness: Readiness) -> float | None:
     started = time.monotonic()
     try:
         count = host.recover(store.load())
@@ -73,7 +87,7 @@ async def _checkpoint_wal(store: SqliteStore, interval_s: float) -> None:
         await to_thread.run_sync(store.checkpoint_wal)
 
 
-async def _shut_down(settings: Settings, sinks: Sequence[Sink], host: RunHost, store: SqliteStore | None,
+async def _shut_down(settings: Settings, sinks: Sequence[Sink], host: RunHost, store: Store | None,
                      readiness: Readiness) -> None:
     recovered = readiness.recovered
     readiness.stop()
@@ -81,7 +95,9 @@ async def _shut_down(settings: Settings, sinks: Sequence[Sink], host: RunHost, s
     # then the final images make the next start quick
     for sink in sinks:
         await to_thread.run_sync(sink.close, settings.shutdown_timeout_s)
-    if store is not None:
+    if isinstance(host, ReplicaHost):
+        await to_thread.run_sync(replicas.stop, host)
+    elif store is not None:
         if recovered:
             await to_thread.run_sync(_final_images, host)
         await to_thread.run_sync(store.close)
@@ -118,23 +134,25 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
         readiness: Readiness = app.state.readiness
         chosen = list(sinks) if sinks is not None else default_sinks(settings)
         store = app.state.store = _open_store(settings, readiness) if settings.durable else None
-        host = app.state.host = RunHost(
-            chosen, store=store, max_runs=settings.max_runs, history_max_points=settings.history_max_points,
-            image_every_events=settings.snapshot_every_events, listeners=[app.state.stream, AlertLog()])
+        host = app.state.host = _make_host(settings, chosen, store, [app.state.stream, AlertLog()])
         app.state.telemetry.watch(host)
         readiness.quarantined = host.quarantined
         if not settings.durable:
             readiness.set_ready()
         if settings.export_run_metrics:
             app.state.telemetry.registry.register(RunExport(host, settings.export_max_runs))
-        if store is not None:
+        if isinstance(host, ReplicaHost):
+            await to_thread.run_sync(replicas.start, host, readiness)
+        elif store is not None:
             readiness.store = store
             took = await to_thread.run_sync(_recover, host, store, readiness)
             app.state.telemetry.recovery.set(took or 0.0)
         try:
             async with anyio.create_task_group() as tasks:
-                if store is not None:
+                if isinstance(store, SqliteStore):
                     tasks.start_soon(_checkpoint_wal, store, settings.wal_checkpoint_interval_s)
+                if isinstance(host, ReplicaHost):
+                    tasks.start_soon(replicas.probe_regularly, readiness, host.ownership.ttl_s / 3)
                 tasks.start_soon(_watch_stalls, host, settings.stall_alert_s)
                 try:
                     yield

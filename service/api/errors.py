@@ -36,7 +36,8 @@ STATUS: dict[type[Exception], int] = {
     core.CheckpointPending: 408,
     BodyTooLarge: 413,
     core.LimitExceeded: 429,
-    core.StoreUnavailable: 503,
+    core.NotOwner: 503,
+    core.StoreError: 503,
 }
 
 
@@ -59,6 +60,8 @@ def error_response(status: int, type_: str, detail: str, **extra: Any) -> JSONRe
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, core.NotOwner) and exc.owner_url:
+        return _to_owner(request, exc, exc.owner_url)
     extra = {k: getattr(exc, k) for k in ("expected_seq", "missing_ranks") if hasattr(exc, k)}
     status = status_of(exc)
     if isinstance(exc, core.StoreUnavailable):  # disk full or a damaged file: stop claiming readiness
@@ -66,6 +69,15 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
     return error_response(status, error_type(exc), str(exc), **extra)
+
+
+def _to_owner(request: Request, exc: Exception, owner_url: str) -> JSONResponse:
+    """307 to the same path on the run's owner (the client repeats the request there, body included)."""
+    query = f"?{request.url.query}" if request.url.query else ""
+    location = f"{owner_url.rstrip('/')}{request.url.path}{query}"
+    reply = error_response(307, error_type(exc), str(exc), owner=owner_url)
+    reply.headers["location"] = location
+    return reply
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,11 @@
     │   └── SnapshotVersionMismatch
     ├── CheckpointPending       not every rank's marker is in yet
     ├── LimitExceeded           a configured bound was hit
-    └── StoreUnavailable        the durable store cannot take writes
+    ├── NotOwner                another replica owns the run (its URL, or None while it moves)
+    └── StoreError              the durable store (service/storage) refused or failed
+        ├── StoreUnavailable    the store cannot take writes (disk full, database down)
+        ├── StoreFenced         the writer's lease on the run is lost (another replica owns it)
+        └── StoreDamaged        one run's stored data cannot be decoded (that run only)
 """
 
 from __future__ import annotations
@@ -99,5 +103,37 @@ class LimitExceeded(ServiceError):
     """A configured limit was hit."""
 
 
-class StoreUnavailable(ServiceError):
-    """The durable store cannot take writes (disk full, corrupt file)."""
+class NotOwner(ServiceError):
+    """Another replica owns the run: writes go there (DESIGN §10).
+
+    ``owner_url`` is the owner's advertised URL, or None while no replica holds the run
+    (the caller retries).
+    """
+
+    def __init__(self, message: str, owner_url: str | None) -> None:
+        super().__init__(message)
+        self.owner_url = owner_url
+
+
+class StoreError(ServiceError):
+    """The durable store refused or failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The durable store cannot take writes (disk full, corrupt file, database down)."""
+
+
+class StoreFenced(StoreError):
+    """A write carried a fencing token that is not the run's current, unexpired lease.
+
+    The writer lost its lease (it was paused, partitioned or slow, and another replica
+    took the run over): it must stop writing for that run.
+    """
+
+
+class StoreDamaged(StoreError):
+    """One run's stored data cannot be decoded; the other runs are not affected."""
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id

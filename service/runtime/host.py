@@ -168,6 +168,17 @@ class RunHost:
             raise UnknownRun(f"run: no run {run_id!r}")
         return run
 
+    def holds(self, run_id: str) -> bool:
+        """Whether this process holds ``run_id`` and may write it now (a dict lookup: no I/O)."""
+        return run_id in self._runs
+
+    def forget(self, run_id: str) -> None:
+        """Drop a run from memory only (another replica took it over); its data stays in the store."""
+        with self._lock:
+            self._runs.pop(run_id, None)
+            self._outboxes.pop(run_id, None)
+            self._last_command.pop(run_id, None)
+
     def run_ids(self) -> list[str]:
         """Ids of every run, sorted."""
         with self._lock:
@@ -205,7 +216,7 @@ class RunHost:
         with run.lock:
             run.check_session(rank)
             now = self._clock()
-            self._append(run_id, "session", {"rank": rank, "session": session_id, "at": now})
+            self._append(run_id, "session", {"rank": rank, "session": session_id, "at": now}, run)
             fenced = run.open_session(rank, session_id)
             run.seen(rank, now)
             notices = [Notice(run_id, "session", run.state.watermark, {"rank": rank, "session": session_id})]
@@ -229,7 +240,7 @@ class RunHost:
             plan = run.plan_delivery(session_id, seq, events)
             if plan.fresh:
                 now = self._clock()
-                self._append(run_id, "events", {**_journal_events(session_id, seq, events, body), "at": now})
+                self._append(run_id, "events", {**_journal_events(session_id, seq, events, body), "at": now}, run)
             reply = run.apply_delivery(plan)
             if plan.fresh:  # a resent duplicate changes nothing, its time included
                 run.seen(plan.session.rank, now)
@@ -255,7 +266,7 @@ class RunHost:
             state = run.check_restore(session_id, snapshot)
             previous = run.generation
             now = self._clock()
-            self._append(run_id, "restore", {"session": session_id, "snapshot": dict(snapshot), "at": now})
+            self._append(run_id, "restore", {"session": session_id, "snapshot": dict(snapshot), "at": now}, run)
             reply = run.restore(session_id, snapshot, state)
             run.updated_at = now
             notices = []
@@ -278,7 +289,7 @@ class RunHost:
             finishing = not run.state.finished
             if finishing:
                 run.updated_at = self._clock()
-                self._append(run_id, "finish", {"at": run.updated_at})
+                self._append(run_id, "finish", {"at": run.updated_at}, run)
             summary = run.finish()
             self._collect(run, [Notice(run_id, "finished", run.state.watermark, {})] if finishing else [])
         self._dispatch(run)
@@ -290,7 +301,8 @@ class RunHost:
 
     # ------------------------------------------------------------ durability
 
-    def _append(self, run_id: str, kind: str, payload: Mapping[str, Any]) -> None:
+    def _append(self, run_id: str, kind: str, payload: Mapping[str, Any], run: Run | None = None) -> None:
+        """Journal a command of ``run`` (None: the run is being created); caller holds the run's lock."""
         if self.store is not None:
             self._last_command[run_id] = self.store.append(run_id, kind, payload)
 

@@ -22,10 +22,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from service.core.errors import StoreUnavailable
 from service.storage.base import StoredRun
+from service.storage.codec import decode_document, decode_run, load_all, pack
+from service.storage.lease import Lease
 
 log = logging.getLogger("linnaeus_metrics.storage")
 SCHEMA_VERSION = 1
@@ -43,23 +43,13 @@ CREATE TABLE IF NOT EXISTS blobs (
 """
 
 
-def pack(obj: Any) -> bytes:
-    """msgpack with bytes kept as bytes."""
-    packed: bytes = msgpack.packb(obj, use_bin_type=True)
-    return packed
-
-
-def unpack(data: bytes) -> Any:
-    """Inverse of ``pack``."""
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
 class SqliteStore:
     """One connection, one lock: writes are short transactions, serialised (a ``Store``)."""
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._leases: dict[str, Lease] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -82,15 +72,16 @@ class SqliteStore:
         elif row[0] != str(SCHEMA_VERSION):
             raise StoreUnavailable(f"store {self.path}: schema version {row[0]}, this service reads {SCHEMA_VERSION}")
 
-    def append(self, run_id: str, command: str, payload: Mapping[str, Any]) -> int:
-        """Make one command durable; returns its id."""
+    def append(self, run_id: str, command: str, payload: Mapping[str, Any], *, token: int | None = None) -> int:
+        """Make one command durable; returns its id (``token``: see ``acquire``)."""
         body = pack(dict(payload))
         with self._lock:
             cursor = self._write("INSERT INTO commands (run_id, kind, payload) VALUES (?, ?, ?)",
                                  (run_id, command, body))
             return int(cursor.lastrowid or 0)
 
-    def write_image(self, run_id: str, command_id: int, image: Mapping[str, Any]) -> None:
+    def write_image(self, run_id: str, command_id: int, image: Mapping[str, Any], *,
+                    token: int | None = None) -> None:
         """Replace the run's journal up to ``command_id`` by ``image`` (one transaction)."""
         body = pack(dict(image))
         with self._lock:
@@ -99,7 +90,8 @@ class SqliteStore:
                 ("DELETE FROM commands WHERE run_id = ? AND id <= ?", (run_id, command_id)),
             ])
 
-    def put_blob(self, run_id: str, kind: str, key: str, value: Mapping[str, Any]) -> None:
+    def put_blob(self, run_id: str, kind: str, key: str, value: Mapping[str, Any], *,
+                 token: int | None = None) -> None:
         """Store a snapshot-like document."""
         with self._lock:
             self._write("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", (run_id, kind, key, pack(dict(value))))
@@ -109,35 +101,53 @@ class SqliteStore:
         with self._lock:
             row = self._db.execute("SELECT body FROM blobs WHERE run_id=? AND kind=? AND key=?",
                                    (run_id, kind, key)).fetchone()
-        return None if row is None else dict(unpack(row[0]))
+        return None if row is None else decode_document(run_id, f"{kind} {key!r}", row[0])
 
-    def delete_run(self, run_id: str) -> None:
+    def delete_run(self, run_id: str, *, token: int | None = None) -> None:
         """Remove everything of a run."""
         with self._lock:
             self._transaction([(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
                                for table in ("commands", "images", "blobs")])
 
+    def run_ids(self) -> list[str]:
+        """Every stored run, in creation order."""
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT run_id FROM (SELECT run_id, MIN(id) AS first FROM commands GROUP BY run_id "
+                "UNION ALL SELECT run_id, command_id FROM images) GROUP BY run_id ORDER BY MIN(first)")]
+
     def load(self) -> Iterator[StoredRun]:
         """Every run, in creation order, for recovery; a run whose rows cannot be read comes with
         its ``damage`` and the others still come."""
-        with self._lock:
-            ids = [r[0] for r in self._db.execute(
-                "SELECT run_id FROM (SELECT run_id, MIN(id) AS first FROM commands GROUP BY run_id "
-                "UNION ALL SELECT run_id, command_id FROM images) GROUP BY run_id ORDER BY MIN(first)")]
-        for run_id in ids:
-            try:
-                yield self._load_run(run_id)
-            except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
-                    sqlite3.DatabaseError) as exc:
-                yield StoredRun(run_id, None, [], damage=f"stored rows unreadable ({type(exc).__name__}: {exc})"[:500])
+        yield from load_all(self.run_ids(), self.load_run, (sqlite3.DatabaseError,))
 
-    def _load_run(self, run_id: str) -> StoredRun:
+    def load_run(self, run_id: str) -> StoredRun:
+        """One run's image and the journal after it; StoreDamaged names a row that cannot be decoded."""
         with self._lock:
             image_row = self._db.execute("SELECT body FROM images WHERE run_id=?", (run_id,)).fetchone()
             rows = self._db.execute("SELECT id, kind, payload FROM commands WHERE run_id=? ORDER BY id",
                                     (run_id,)).fetchall()
-        image = None if image_row is None else dict(unpack(image_row[0]))
-        return StoredRun(run_id, image, [(int(i), str(k), dict(unpack(p))) for i, k, p in rows])
+        return decode_run(run_id, None if image_row is None else image_row[0], rows)
+
+    # ------------------------------------------------------------ leases (one process: always held)
+
+    def acquire(self, run_id: str, owner: str, url: str, ttl_s: float) -> Lease | None:
+        """The run's lease: one process owns every run of its data dir, so it is always granted."""
+        lease = Lease(run_id, owner, url, 0, ttl_s)
+        self._leases[run_id] = lease
+        return lease
+
+    def renew(self, lease: Lease) -> Lease:
+        """The same lease (nobody else can take it)."""
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        """Forget the lease."""
+        self._leases.pop(lease.run_id, None)
+
+    def owner_of(self, run_id: str) -> Lease | None:
+        """The lease this process took for ``run_id``, if any."""
+        return self._leases.get(run_id)
 
     def probe(self) -> None:
         """Prove the store takes durable writes: a committed probe row and a file written and

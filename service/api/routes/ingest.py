@@ -32,7 +32,8 @@ async def open_session(run_id: str, body: SessionCreate, host: HostDep) -> dict[
 @router.post("/events", response_model=Ack, openapi_extra=_BODY_DOC)
 async def post_events(run_id: str, request: Request, host: HostDep, settings: SettingsDep) -> dict[str, int]:
     """Deliver events exactly once; the reply acknowledges them as durable."""
-    host.get(run_id)  # a dict lookup, no lock: refuse unknown runs before reading the body
+    if not host.holds(run_id):  # refuse unknown runs before reading the body; a replica may take the
+        await to_thread.run_sync(host.get, run_id)  # run over first (database I/O: off the event loop)
     raw = await request.body()  # BodyLimit (middleware) refuses it past max_body_bytes while it streams
     content_type = request.headers.get("content-type", JSON_TYPE)
     delivery, events = await to_thread.run_sync(_decode, raw, content_type, settings)
