@@ -144,7 +144,9 @@ def test_every_setting_has_a_flag_and_an_environment_variable(monkeypatch: pytes
 def _other_value(name: str, default: object) -> object:
     """A valid value different from the default."""
     special: dict[str, object] = {"host": "127.0.0.2", "data_dir": Path("/tmp/elsewhere"), "auth_tokens": [
-        "token-0123456789"], "sqlite_synchronous": "NORMAL", "wandb_mode": "offline", "log_level": "debug"}
+        "token-0123456789"], "sqlite_synchronous": "NORMAL", "wandb_mode": "offline", "log_level": "debug",
+        "store": "postgresql://metrics@127.0.0.1:5432/metrics", "replica_id": "replica-9",
+        "advertised_url": "http://10.0.0.9:8000"}
     if name in special:
         return special[name]
     if isinstance(default, bool):

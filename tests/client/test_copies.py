@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 from client import MetricsClient
-from service.settings import Settings
-from tests.e2e.conftest import live_service
+from tests.e2e.conftest import quiet_service
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +36,7 @@ class Holder:
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = Settings(data_dir=Path(tmp_path_factory.mktemp("copies")) / "data", wandb_enabled=False,
-                        console_enabled=False)
-    with live_service(settings) as (served, _):
+    with quiet_service(tmp_path_factory, "copies") as served:
         yield served
 
 

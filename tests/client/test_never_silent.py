@@ -17,7 +17,7 @@ import pytest
 
 from client import MetricsClient, ServiceRejected
 from service.settings import Settings
-from tests.e2e.conftest import live_service
+from tests.e2e.conftest import live_service, quiet_service
 
 pytestmark = pytest.mark.e2e
 TASKS = {"genus": 5, "species": 10}
@@ -26,9 +26,7 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = Settings(data_dir=Path(tmp_path_factory.mktemp("silent")) / "data", wandb_enabled=False,
-                        console_enabled=False)
-    with live_service(settings) as (served, _):
+    with quiet_service(tmp_path_factory, "silent") as served:
         yield served
 
 

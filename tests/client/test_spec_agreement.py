@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,8 +17,7 @@ import pytest
 
 from client import MetricsClient, ServiceRejected
 from client._rules import MAX_FAMILIES, MAX_LABELS_PER_FAMILY, MAX_TASKS
-from service.settings import Settings
-from tests.e2e.conftest import live_service
+from tests.e2e.conftest import quiet_service
 
 pytestmark = pytest.mark.e2e
 
@@ -85,9 +83,7 @@ ACCEPTED = {
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = Settings(data_dir=Path(tmp_path_factory.mktemp("agree")) / "data", wandb_enabled=False,
-                        console_enabled=False)
-    with live_service(settings) as (served, _):
+    with quiet_service(tmp_path_factory, "agree") as served:
         yield served
 
 

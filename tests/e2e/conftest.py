@@ -60,6 +60,15 @@ def live_service(settings: Settings, sinks: Sequence[Any] = ()) -> Iterator[tupl
         assert not thread.is_alive(), "uvicorn did not stop"
 
 
+@contextmanager
+def quiet_service(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[str]:
+    """A live service without wandb or console output, its data in a fresh ``name`` dir: its URL."""
+    settings = Settings(data_dir=Path(tmp_path_factory.mktemp(name)) / "data", wandb_enabled=False,
+                        console_enabled=False)
+    with live_service(settings) as (served, _):
+        yield served
+
+
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     sink = MemorySink()

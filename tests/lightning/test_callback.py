@@ -22,8 +22,7 @@ import pytest
 pytest.importorskip("lightning")
 pytest.importorskip("torchmetrics")
 
-from service.settings import Settings
-from tests.e2e.conftest import live_service
+from tests.e2e.conftest import quiet_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,9 +33,7 @@ KEY = {"train": "train/epoch_acc{k}_{task}", "val": "val/acc{k}_{task}", "val_ma
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = Settings(data_dir=Path(tmp_path_factory.mktemp("lightning")) / "data", wandb_enabled=False,
-                        console_enabled=False)
-    with live_service(settings) as (served, _):
+    with quiet_service(tmp_path_factory, "lightning") as served:
         yield served
 
 
