@@ -29,7 +29,8 @@ from typing import Any
 
 from client._errors import InvalidType, InvalidValue
 
-RUN_ID_CHARS = r"[A-Za-z0-9._-]{1,128}"
+RUN_ID_CHARSET = "A-Za-z0-9._-"  # also what the service allows in the wandb run ids it derives
+RUN_ID_CHARS = rf"[{RUN_ID_CHARSET}]{{1,128}}"
 NAME_CHARS = r"[A-Za-z0-9_.:+=@-]{1,128}"
 SCALAR_NAME_CHARS = r"[A-Za-z0-9_.:+=@-][A-Za-z0-9_.:+=@/-]{0,199}"
 RUN_ID_PATTERN = re.compile(RUN_ID_CHARS + r"\Z")

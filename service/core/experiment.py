@@ -29,12 +29,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from client._rules import RUN_ID_CHARSET
 from service.core.errors import ConfigError
 
 DEFAULT_PROJECT = "linnaeus-metrics"
 WANDB_KEYS = ("ENABLED", "RESUME", "RUN_ID", "PROJECT", "ENTITY", "TAGS", "NOTES", "KEY")
 _RESUME = {"allow": "allow", "auto": "allow", "must": "must", "never": "never"}
-_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SAFE_ID = re.compile(rf"[{RUN_ID_CHARSET}]{{1,64}}")  # run-id characters, within wandb's 64
 _RUN_ID_FORBIDDEN = set(":;,#?/'\\% ")
 _PROJECT_FORBIDDEN = set("/\\#?%:")
 
@@ -124,7 +125,7 @@ def derive_wandb_run_id(run_id: str) -> str:
     if _SAFE_ID.fullmatch(run_id):
         return run_id
     digest = hashlib.sha256(run_id.encode()).hexdigest()[:16]
-    prefix = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id)[:40].strip("-.")
+    prefix = re.sub(rf"[^{RUN_ID_CHARSET}]+", "-", run_id)[:40].strip("-.")
     return f"{prefix}-{digest}" if prefix else f"run-{digest}"
 
 

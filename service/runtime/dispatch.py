@@ -53,8 +53,7 @@ class Outbox:
             if not self._turn.acquire(blocking=False):
                 return  # the thread holding the turn re-checks the queue before it leaves
             try:
-                while self._items:
-                    _deliver(self._take(), sinks)
+                self._drain(sinks)
             finally:
                 self._turn.release()
 
@@ -62,14 +61,15 @@ class Outbox:
         """Deliver every queued item now, waiting for a thread that is delivering (sinks' calls
         never block, so the wait is short): afterwards nothing is between the run and the sinks."""
         with self._turn:
-            while self._items:
-                _deliver(self._take(), sinks)
+            self._drain(sinks)
 
-    def _take(self) -> list[Item]:
-        taken = []
+    def _drain(self, sinks: Sequence[Listener]) -> None:
+        """Deliver until the queue is empty (caller holds the turn)."""
         while self._items:
-            taken.append(self._items.popleft())
-        return taken
+            taken = []
+            while self._items:
+                taken.append(self._items.popleft())
+            _deliver(taken, sinks)
 
 
 def _deliver(items: list[Item], sinks: Sequence[Listener]) -> None:

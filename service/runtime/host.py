@@ -330,7 +330,7 @@ class RunHost:
         outbox = self._outboxes.get(run.spec.run_id)
         if outbox is not None:
             outbox.put(notices)
-            outbox.dispatch(self._outputs)
+        self._dispatch(run)
 
     def _dispatch(self, run: Run) -> None:
         outbox = self._outboxes.get(run.spec.run_id)
