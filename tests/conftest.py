@@ -171,3 +171,13 @@ def _reap_service_processes() -> Any:
 @pytest.fixture
 def run_data() -> RunData:
     return make_run(seed=7)
+
+
+class ManualClock:
+    """A clock the test moves by setting ``now`` (inject it wherever code reads the time)."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now

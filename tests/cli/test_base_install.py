@@ -14,12 +14,10 @@ import venv
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-import httpx
 import pytest
 
-from client._wire import encode_event
-from tests.conftest import make_run, stream_events
-from tests.e2e.conftest import LiveServer, live_server  # noqa: F401  (fixture)
+from tests.conftest import make_run
+from tests.e2e.conftest import LiveServer, live_server, post_one_rank_run  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
 BASE = ("linnaeus-metrics", "numpy", "httpx", "httpcore", "h11", "anyio", "sniffio", "idna", "certifi", "msgpack",
@@ -90,10 +88,7 @@ def test_validate_config_of_a_json_file_without_the_service_extra(base_python: P
 def test_queries_without_the_service_extra(base_python: Path, live_server: LiveServer, tmp_path: Path) -> None:  # noqa: F811
     data = make_run(7, world_size=1, steps_per_epoch=4, epochs=1)
     url = live_server.url
-    httpx.post(f"{url}/v1/runs", json=data.spec("base", {"STEP_INTERVAL": 2})).raise_for_status()
-    session = httpx.post(f"{url}/v1/runs/base/sessions", json={"rank": 0}).json()["session"]
-    events = [encode_event(e, False) for e in stream_events(data, 0)]
-    httpx.post(f"{url}/v1/runs/base/events", json={"session": session, "seq": 0, "events": events}).raise_for_status()
+    post_one_rank_run(url, "base", data, {"STEP_INTERVAL": 2})
     runs = _cli(base_python, "runs", "--url", url)
     assert runs.returncode == 0 and "base" in runs.stdout, runs.stderr
     show = _cli(base_python, "show", "base", "--url", url, "--keys", "train/loss")

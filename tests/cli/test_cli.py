@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from client._wire import encode_event
 from service.cli import main
-from tests.conftest import make_run, stream_events
-from tests.e2e.conftest import LiveServer, live_server  # noqa: F401  (fixture)
+from tests.conftest import make_run
+from tests.e2e.conftest import LiveServer, live_server, post_one_rank_run  # noqa: F401  (fixture)
 
 CONFIG = """
 SCHEDULE:
@@ -82,10 +81,7 @@ def test_queries_against_a_live_server(live_server: LiveServer, tmp_path: Path, 
 
     data = make_run(2, world_size=1, steps_per_epoch=4, epochs=1)
     url = live_server.url
-    httpx.post(f"{url}/v1/runs", json=data.spec("cli-run", {"STEP_INTERVAL": 2})).raise_for_status()
-    session = httpx.post(f"{url}/v1/runs/cli-run/sessions", json={"rank": 0}).json()["session"]
-    events = [encode_event(e, False) for e in stream_events(data, 0)]
-    httpx.post(f"{url}/v1/runs/cli-run/events", json={"session": session, "seq": 0, "events": events}).raise_for_status()
+    post_one_rank_run(url, "cli-run", data, {"STEP_INTERVAL": 2})
     assert main(["runs", "--url", url]) == 0
     assert "cli-run" in capsys.readouterr().out
     assert main(["show", "cli-run", "--url", url, "--keys", "train/loss,train/epoch_"]) == 0

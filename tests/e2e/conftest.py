@@ -19,9 +19,11 @@ import httpx
 import pytest
 import uvicorn
 
+from client._wire import encode_event
 from service.api import create_app
 from service.settings import Settings
 from service.sinks.memory import MemorySink
+from tests.conftest import RunData, stream_events
 
 
 class _Server(uvicorn.Server):
@@ -58,6 +60,15 @@ def live_service(settings: Settings, sinks: Sequence[Any] = ()) -> Iterator[tupl
         server.should_exit = True
         thread.join(20)
         assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def post_one_rank_run(url: str, run_id: str, data: RunData, metrics: dict[str, Any]) -> None:
+    """Create ``run_id`` and deliver rank 0's whole stream over plain HTTP (JSON), as a one-rank run."""
+    httpx.post(f"{url}/v1/runs", json=data.spec(run_id, metrics)).raise_for_status()
+    session = httpx.post(f"{url}/v1/runs/{run_id}/sessions", json={"rank": 0}).json()["session"]
+    events = [encode_event(e, False) for e in stream_events(data, 0)]
+    httpx.post(f"{url}/v1/runs/{run_id}/events", json={"session": session, "seq": 0, "events": events}
+               ).raise_for_status()
 
 
 @contextmanager

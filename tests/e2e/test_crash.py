@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import httpx
@@ -11,7 +10,7 @@ import pytest
 from tests.conftest import make_run
 from tests.e2e.conftest import ServiceProcess, free_port
 from tests.e2e.test_end_to_end import METRICS, check_against_reference
-from tests.e2e.trainer import Trainer, split_at
+from tests.e2e.trainer import Trainer, play_all, split_at
 
 pytestmark = pytest.mark.e2e
 
@@ -35,11 +34,7 @@ def test_kill9_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
     service.kill9()
     assert not trainers[0].client.flush(0.3)  # nothing can be acknowledged while it is down
     service.start()  # same data dir, same port, right after the kill
-    done = [threading.Thread(target=t.play, args=(s[b:],)) for t, s, (_, b) in zip(trainers, streams, thirds, strict=True)]
-    for thread in done:
-        thread.start()
-    for thread in done:
-        thread.join(60)
+    play_all(trainers, [s[b:] for s, (_, b) in zip(streams, thirds, strict=True)])
     for trainer in trainers:
         assert trainer.client.flush(60), trainer.client.stats()
         assert sum(trainer.client.stats()["dropped"].values()) == 0

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import httpx
 import pytest
 
 from tests.conftest import make_run
 from tests.e2e.conftest import LiveServer
-from tests.e2e.trainer import Trainer
+from tests.e2e.trainer import Trainer, play_all
 from tests.reference import expected_history, expected_summary
 
 pytestmark = pytest.mark.e2e
@@ -40,11 +38,7 @@ def check_against_reference(url: str, run_id: str, data) -> None:  # type: ignor
 def test_ranks_in_threads_equal_reference(live_server: LiveServer, binary: bool) -> None:
     data = make_run(21, world_size=3, steps_per_epoch=6, epochs=2)
     trainers = [Trainer(live_server.url, data, r, METRICS, binary=binary, max_batch_events=7) for r in range(3)]
-    threads = [threading.Thread(target=t.play, args=(t.stream(),)) for t in trainers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    play_all(trainers)
     for trainer in trainers:
         assert trainer.client.flush(30)
         trainer.client.close()

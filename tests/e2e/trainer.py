@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -63,3 +65,14 @@ def split_at(items: list[tuple[str, Any]], k: int) -> tuple[list[tuple[str, Any]
     cut = max((i + 1 for i, (kind, item) in enumerate(items) if is_train(kind, item) and step(kind, item) <= k),
               default=0)
     return items[:cut], items[cut:]
+
+
+def play_all(trainers: Sequence[Trainer], parts: Sequence[list[tuple[str, Any]]] | None = None,
+             timeout_s: float = 60.0) -> None:
+    """Each trainer plays its part (its whole stream when ``parts`` is None) in its own thread, as ranks do."""
+    parts = [t.stream() for t in trainers] if parts is None else parts
+    threads = [threading.Thread(target=t.play, args=(p,)) for t, p in zip(trainers, parts, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout_s)

@@ -12,22 +12,12 @@ from service.core.emission import Notice
 from service.runtime.host import RunHost
 from service.sinks.memory import MemorySink
 from service.storage.sqlite import SqliteStore
-from tests.conftest import RunData, make_run, stream_events
+from tests.conftest import ManualClock, RunData, make_run, stream_events
 from tests.core.test_alerts import _expected_stagnation
 from tests.reference import expected_history
 
 METRICS = {"STEP_INTERVAL": 2, "WANDB_INTERVAL": 4, "LR_INTERVAL": 3}
 INTERVALS = {"step": 2, "wandb": 4, "lr": 3, "pipeline": 0}
-
-
-class Clock:
-    """Wall time under the test's control."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recorder:
@@ -120,7 +110,7 @@ def test_nonfinite_reports_restores_and_markers() -> None:
 
 
 def test_times_lags_and_stalls_with_an_injected_clock(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     host = RunHost([MemorySink()], clock=clock)
     data = make_run(23, world_size=3, steps_per_epoch=6, epochs=1)
     host.create_run(data.spec("r", METRICS))
@@ -150,7 +140,7 @@ def test_times_lags_and_stalls_with_an_injected_clock(tmp_path: Path) -> None:
 def test_alerts_markers_and_times_survive_a_restart(tmp_path: Path, with_image: bool) -> None:
     data = make_run(24, world_size=2, steps_per_epoch=6, epochs=1)
     config = {"METRICS": {**METRICS, "ALERTS": [{"KEY": "train/loss", "BELOW": 100.0}]}}
-    clock = Clock()
+    clock = ManualClock()
     store = SqliteStore(tmp_path / "m.sqlite3")
     host = RunHost(store=store, clock=clock)
     host.create_run({**data.spec("r", METRICS), "config": config})

@@ -10,20 +10,13 @@ import pytest
 from client._wire import BatchEvent, ScalarEvent
 from service.core.errors import InvalidInput
 from service.runtime.host import RunHost
+from tests.conftest import ManualClock
 
 SPEC = {"run_id": "r", "world_size": 3, "total_steps": 10, "tasks": [{"name": "a", "num_classes": 4}]}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_missing_ranks_are_in_the_info_and_logged_once_after_the_grace(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = ManualClock(0.0)
     host = RunHost(missing_rank_grace_s=30, clock=clock)
     host.create_run(SPEC)
     assert host.info("r")["missing_ranks"] == [0, 1, 2]

@@ -12,17 +12,8 @@ from service.core.errors import StoreUnavailable
 from service.runtime.ownership import Ownership
 from service.storage.lease import Lease
 from service.storage.postgres import PostgresStore
+from tests.conftest import ManualClock
 from tests.postgres_db import fresh_database
-
-
-class Clock:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Flaky:
@@ -56,7 +47,7 @@ def stores() -> Iterator[tuple[PostgresStore, PostgresStore]]:
 
 
 def test_a_claimed_run_has_a_token_until_the_local_deadline(stores: tuple[PostgresStore, PostgresStore]) -> None:
-    clock, lost = Clock(), []
+    clock, lost = ManualClock(), []
     a = Ownership(stores[0], "a", "http://a", 30.0, lost.append, clock)
     b = Ownership(stores[1], "b", "http://b", 30.0, clock=clock)
     lease = a.claim("r")
@@ -71,7 +62,7 @@ def test_a_claimed_run_has_a_token_until_the_local_deadline(stores: tuple[Postgr
 
 
 def test_renewal_moves_the_deadline_and_a_lost_lease_is_given_up(stores: tuple[PostgresStore, PostgresStore]) -> None:
-    clock, lost = Clock(), []
+    clock, lost = ManualClock(), []
     a = Ownership(stores[0], "a", "http://a", 0.5, lost.append, clock)
     lease = a.claim("r")
     assert lease is not None
@@ -91,7 +82,7 @@ def test_renewal_moves_the_deadline_and_a_lost_lease_is_given_up(stores: tuple[P
 
 def test_an_unreachable_store_keeps_the_lease_only_until_its_deadline(
         stores: tuple[PostgresStore, PostgresStore]) -> None:
-    clock, lost = Clock(), []
+    clock, lost = ManualClock(), []
     flaky = Flaky(stores[0])
     a = Ownership(flaky, "a", "http://a", 30.0, lost.append, clock)
     assert a.claim("r") is not None

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import httpx
 import pytest
 
 from tests.conftest import make_run
 from tests.e2e.test_end_to_end import METRICS
-from tests.e2e.trainer import Trainer, split_at
+from tests.e2e.trainer import Trainer, play_all, split_at
 from tests.scale.conftest import Cluster, check_reference, finish_and_read, until
 from tests.tcp_proxy import TcpProxy
 
@@ -36,11 +34,7 @@ def test_a_database_outage_makes_replicas_unready_refuses_writes_and_loses_nothi
     until(lambda: all(_ready(url) == 503 for url in cluster.urls), 30, "every replica not ready")
     write = httpx.post(f"{cluster.urls[0]}/v1/runs/{RUN}/sessions", json={"rank": 0}, timeout=10)
     assert write.status_code == 503, write.text
-    threads = [threading.Thread(target=t.play, args=(rest,)) for t, (_, rest) in zip(trainers, parts, strict=True)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    play_all(trainers, [rest for _, rest in parts])
     assert not trainers[0].client.flush(0.5)  # buffered: nothing can be acknowledged
     assert trainers[0].client.stats()["retries"] > 0
     proxy.restore()

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import make_run
 from tests.e2e.test_end_to_end import METRICS
-from tests.e2e.trainer import Trainer, split_at
+from tests.e2e.trainer import Trainer, play_all, split_at
 from tests.scale.conftest import TTL_S, Cluster, check_reference, finish_and_read, rotated, until
 
 pytestmark = pytest.mark.e2e
@@ -22,14 +22,6 @@ RUN = "e2e"
 def _trainers(cluster: Cluster, data: Any, first: int) -> list[Trainer]:
     return [Trainer(rotated(cluster.urls, first), data, rank, METRICS, run_id=RUN, retry_initial_s=0.05,
                     retry_max_s=0.3, request_timeout_s=2.0, max_batch_events=5) for rank in range(data.world_size)]
-
-
-def _play_all(trainers: list[Trainer], parts: list[list[tuple[str, Any]]]) -> None:
-    threads = [threading.Thread(target=t.play, args=(p,)) for t, p in zip(trainers, parts, strict=True)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
 
 
 def _close_exact(trainers: list[Trainer], cluster: Cluster, data: Any) -> None:
@@ -52,18 +44,18 @@ def test_kill9_of_the_owner_mid_run_another_replica_takes_over(cluster: Cluster)
     trainers = _trainers(cluster, data, first=0)
     streams = [t.stream() for t in trainers]
     cuts = [(len(split_at(s, 6)[0]), len(split_at(s, 14)[0])) for s in streams]
-    _play_all(trainers, [s[:a] for s, (a, _) in zip(streams, cuts, strict=True)])
+    play_all(trainers, [s[:a] for s, (a, _) in zip(streams, cuts, strict=True)])
     assert all(t.client.flush(30) for t in trainers)
     owner = cluster.owner(RUN)
     assert owner is cluster.replicas[0]
-    _play_all(trainers, [s[a:b] for s, (a, b) in zip(streams, cuts, strict=True)])  # queued or in flight ...
+    play_all(trainers, [s[a:b] for s, (a, b) in zip(streams, cuts, strict=True)])  # queued or in flight ...
     killed = time.monotonic()
     owner.kill9()  # ... while the owner dies
     successor = until(lambda: (o := cluster.owner(RUN)) is not None and o is not owner and o,
                       TTL_S + 15, "a takeover")
     took_s = time.monotonic() - killed
     assert took_s < TTL_S + 15
-    _play_all(trainers, [s[b:] for s, (_, b) in zip(streams, cuts, strict=True)])
+    play_all(trainers, [s[b:] for s, (_, b) in zip(streams, cuts, strict=True)])
     _close_exact(trainers, cluster, data)
     assert cluster.owner(RUN) is successor and cluster.token(RUN) == 2
 
@@ -74,7 +66,7 @@ def test_a_stalled_owner_wakes_up_fenced_and_its_late_write_is_refused(cluster: 
     trainers = _trainers(cluster, data, first=0)
     streams = [t.stream() for t in trainers]
     half = [len(split_at(s, 7)[0]) for s in streams]
-    _play_all(trainers, [s[:h] for s, h in zip(streams, half, strict=True)])
+    play_all(trainers, [s[:h] for s, h in zip(streams, half, strict=True)])
     assert all(t.client.flush(30) for t in trainers)
     stalled, successor = cluster.replicas
     assert cluster.owner(RUN) is stalled and stalled.proc is not None
@@ -84,7 +76,7 @@ def test_a_stalled_owner_wakes_up_fenced_and_its_late_write_is_refused(cluster: 
     sender = threading.Thread(target=lambda: late.setdefault("reply", httpx.post(
         f"{stalled.url}/v1/runs/{RUN}/sessions", json={"rank": 0}, timeout=60)))
     sender.start()
-    _play_all(trainers, [s[h:] for s, h in zip(streams, half, strict=True)])  # the clients move on to r1
+    play_all(trainers, [s[h:] for s, h in zip(streams, half, strict=True)])  # the clients move on to r1
     until(lambda: cluster.owner(RUN) is successor, TTL_S + 15, "the takeover")
     assert all(t.client.flush(30) for t in trainers)
     stalled.proc.send_signal(signal.SIGCONT)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import httpx
 import pytest
 
 from tests.conftest import make_run
 from tests.e2e.test_end_to_end import METRICS
-from tests.e2e.trainer import Trainer
+from tests.e2e.trainer import Trainer, play_all
 from tests.scale.conftest import Cluster, check_reference, finish_and_read, rotated
 
 pytestmark = pytest.mark.e2e
@@ -20,11 +18,7 @@ def test_runs_spread_over_three_replicas_each_exact_and_read_alike_everywhere(cl
     runs = {f"run-{i}": make_run(60 + i, world_size=2, steps_per_epoch=6, epochs=2) for i in range(3)}
     trainers = [Trainer(rotated(cluster.urls, i), data, rank, METRICS, run_id=run_id, retry_max_s=0.2)
                 for i, (run_id, data) in enumerate(runs.items()) for rank in range(2)]
-    threads = [threading.Thread(target=t.play, args=(t.stream(),)) for t in trainers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    play_all(trainers)
     for trainer in trainers:
         assert trainer.client.flush(30), trainer.client.stats()
         trainer.client.close()
