@@ -445,8 +445,9 @@ class MetricsClient:
 
         Returns:
             ``queued`` (records logged), ``coalesced`` (records merged into another),
-            ``sent_events`` (events transmitted, resends included), ``acked_events``
-            (events acknowledged), ``delivered`` (logged records acknowledged),
+            ``sent_events`` (wire events transmitted, resends included; merged records
+            and a block of records are one event each), ``acked_events``
+            (wire events acknowledged), ``delivered`` (logged records acknowledged),
             ``retries``, ``pending`` (records not yet acknowledged), ``lost_after_ack``
             (events the service acknowledged and later lost) and ``dropped``
             ``{reason: records}`` for reasons ``queue_full``, ``rejected``, ``fenced``,

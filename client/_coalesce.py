@@ -24,7 +24,16 @@ from typing import Any, cast
 import numpy as np
 
 from client._fastpath import RECORD_OVERHEAD_BYTES, PackedBatch, Record, raw_label_bytes, unpacked
-from client._wire import BatchEvent, Event, Labels, ScalarEvent, encode_event
+from client._wire import (
+    BatchEvent,
+    Event,
+    Labels,
+    ScalarEvent,
+    block_of,
+    block_spans,
+    encode_event,
+    event_block_key,
+)
 
 Key = tuple[Hashable, ...]
 
@@ -73,6 +82,38 @@ def record_nbytes(event: Record) -> int:
 def record_samples(event: Record) -> int:
     """Samples in a record (0 for scalars and control records)."""
     return event.batch_size if isinstance(event, BatchEvent | PackedBatch) else 0
+
+
+def encode_delivery(parts: Sequence[list[Record]], binary: bool, index_types: Mapping[str, np.dtype[Any]]
+                    ) -> tuple[list[list[Record]], list[dict[str, Any]]]:
+    """A delivery's wire events and the queued records each stands for.
+
+    Binary deliveries put runs of batches that share their shape, with the scalars logged
+    among them, in columnar blocks (``client._wire.BatchBlock``): the service decodes and
+    checks each block once instead of once a record.
+    """
+    if not binary:
+        return list(parts), [encode_record(p, binary, index_types) for p in parts]
+    groups: list[list[Record]] = []
+    encoded: list[dict[str, Any]] = []
+    for a, b in block_spans(parts, _part_block_key):
+        if b - a == 1:
+            groups.append(parts[a])
+            encoded.append(encode_record(parts[a], binary, index_types))
+        else:
+            events = [merge(p) for p in parts[a:b]]
+            groups.append([r for p in parts[a:b] for r in p])
+            encoded.append(encode_event(block_of(cast(list[BatchEvent | ScalarEvent], events)), binary, index_types))
+    return groups, encoded
+
+
+def _part_block_key(part: Sequence[Record]) -> Hashable | None:
+    """``block_key`` of a queued part (its records share it), ``SCALAR`` or None (control records)."""
+    record = part[0]
+    if isinstance(record, PackedBatch):
+        return (record.losses is None, True, tuple(sorted(record.task_losses)), tuple(sorted(record.subsets)),
+                record.layout.task_ks)
+    return event_block_key(record)
 
 
 def encode_record(parts: Sequence[Record], binary: bool, index_types: Mapping[str, np.dtype[Any]]) -> dict[str, Any]:

@@ -17,6 +17,15 @@ Event kinds (all carry ``kind``):
 - ``end_epoch``: ``phase, epoch, time``.
 - ``complete``: ``through_step`` (flush/close: the rank has completed that train step).
 - ``checkpoint``: ``id`` (a consistent-cut marker).
+- ``batches``: a columnar block: consecutive batch records of one rank, with the scalar
+  records logged among them, in one event (one ``seq``). One array a task for all its
+  samples, one entry a row in ``step, epoch, phase`` (index into ``phases``), ``time``,
+  ``size`` (samples) and the optional ``loss`` and ``task_losses{task}`` (one value a row);
+  ``targets{task}`` int[S], ``topk{task}`` int[S,k], optional ``subsets{family:
+  {labels, codes[S]}}`` and ``sample_losses`` float[S] cover every row; ``scalars`` lists
+  scalar events, each with ``at``: the number of rows logged before it. A block is the same
+  to the service as its rows and scalars sent one by one (``BatchBlock.events``); it is
+  decoded and checked once, not once a record.
 
 ``decode_event`` checks structure, types and finiteness; ``check_batch_against`` checks a
 batch against the run's tasks (names, shapes, class ranges). Both raise ``WireError``
@@ -26,7 +35,7 @@ naming the field and the bad value.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeGuard, cast
 
@@ -39,7 +48,7 @@ from client._rules import TaskInfo as TaskInfo  # re-exported: the service and o
 JSON_TYPE = "application/json"
 MSGPACK_TYPE = "application/msgpack"
 SCALAR_KINDS = ("lr", "pipeline", "gradnorm", "custom")
-EVENT_KINDS = ("batch", *SCALAR_KINDS, "end_epoch", "complete", "checkpoint")
+EVENT_KINDS = ("batch", *SCALAR_KINDS, "end_epoch", "complete", "checkpoint", "batches")
 TRAIN_PHASE = "train"
 MIN_TOPK = 3
 MAX_TOPK = 100
@@ -122,7 +131,97 @@ class CheckpointEvent:
     kind: str = "checkpoint"
 
 
-Event: TypeAlias = BatchEvent | ScalarEvent | EndEpochEvent | CompleteEvent | CheckpointEvent
+@dataclass
+class BatchBlock:
+    """Consecutive batch records of one rank (rows) and the scalars logged among them, as columns.
+
+    Row ``i`` has ``size[i]`` samples, the ``offsets[i]:offsets[i + 1]`` slice of every
+    per-sample array. ``scalars`` are ``(at, event)``: ``at`` rows come before the event.
+    """
+
+    phases: list[str]
+    step: np.ndarray
+    epoch: np.ndarray
+    phase: np.ndarray
+    time: np.ndarray
+    size: np.ndarray
+    targets: dict[str, np.ndarray]
+    topk: dict[str, np.ndarray]
+    losses: np.ndarray | None = None
+    task_losses: dict[str, np.ndarray] = field(default_factory=dict)
+    subsets: dict[str, Labels] = field(default_factory=dict)
+    sample_losses: np.ndarray | None = None
+    scalars: list[tuple[int, ScalarEvent]] = field(default_factory=list)
+    kind: str = "batches"
+    _rows: list[BatchEvent] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def rows(self) -> int:
+        """Batch rows in the block."""
+        return int(self.size.shape[0])
+
+    @property
+    def batch_size(self) -> int:
+        """Samples in the block."""
+        return int(self.size.sum())
+
+    @property
+    def records(self) -> int:
+        """Records the block stands for (rows and scalars)."""
+        return self.rows + len(self.scalars)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Where each row's samples start, and the end: ``rows + 1`` values."""
+        return np.concatenate([[0], np.cumsum(self.size)])
+
+    def batches(self) -> list[BatchEvent]:
+        """Each row as a ``BatchEvent`` whose arrays are views of the block's (made once)."""
+        if self._rows is None:
+            self._rows = self._make_rows()
+        return self._rows
+
+    def _make_rows(self) -> list[BatchEvent]:
+        bounds = self.offsets.tolist()
+        steps, epochs, phases = self.step.tolist(), self.epoch.tolist(), self.phase.tolist()
+        times, losses = self.time.tolist(), None if self.losses is None else self.losses.tolist()
+        task_losses = {t: v.tolist() for t, v in self.task_losses.items()}
+        rows = []
+        for i in range(self.rows):
+            a, b = bounds[i], bounds[i + 1]
+            rows.append(BatchEvent(
+                step=steps[i], epoch=epochs[i], phase=self.phases[phases[i]], time=times[i],
+                targets={t: v[a:b] for t, v in self.targets.items()}, topk={t: v[a:b] for t, v in self.topk.items()},
+                sizes=[b - a], losses=None if losses is None else [losses[i]],
+                task_losses={t: [v[i]] for t, v in task_losses.items()},
+                subsets={f: (labels, codes[a:b]) for f, (labels, codes) in self.subsets.items()},
+                sample_losses=None if self.sample_losses is None else self.sample_losses[a:b]))
+        return rows
+
+    def events(self) -> list[Event]:
+        """The records in the order they were logged: rows and scalars."""
+        rows: list[Event] = list(self.batches())
+        for at, scalar in reversed(self.scalars):  # from the back: earlier positions stay valid
+            rows.insert(at, scalar)
+        return rows
+
+
+Event: TypeAlias = BatchEvent | ScalarEvent | EndEpochEvent | CompleteEvent | CheckpointEvent | BatchBlock
+
+
+def logical_events(events: Sequence[Event]) -> list[Event]:
+    """``events`` with every block replaced by its records, in logging order."""
+    if not any(type(e) is BatchBlock for e in events):
+        return list(events)
+    out: list[Event] = []
+    for event in events:
+        out.extend(event.events() if isinstance(event, BatchBlock) else (event,))
+    return out
+
+
+def record_count(events: Sequence[Event]) -> int:
+    """Records ``events`` stand for (a block counts its rows and scalars)."""
+    return sum(e.records if isinstance(e, BatchBlock) else 1 for e in events)
 
 
 # ---------------------------------------------------------------- arrays and bodies
@@ -309,6 +408,8 @@ def encode_event(event: Event, binary: bool, index_types: Mapping[str, np.dtype[
     """
     if isinstance(event, BatchEvent):
         return _encode_batch(event, binary, index_types or {})
+    if isinstance(event, BatchBlock):
+        return _encode_block(event, binary, index_types or {})
     out = {k: v for k, v in vars(event).items() if not (k == "higher_is_better" and not v)}
     return out
 
@@ -334,6 +435,137 @@ def _encode_batch(event: BatchEvent, binary: bool, index_types: Mapping[str, np.
         out["subsets"] = {f: encode_subset(lab, codes, binary) for f, (lab, codes) in event.subsets.items()}
     if event.sample_losses is not None:
         out["sample_losses"] = encode_array(event.sample_losses, binary)
+    return out
+
+
+def block_key(batch: BatchEvent) -> tuple[Any, ...]:
+    """What batches must share to go in one block: optional fields, families, k per task."""
+    return (batch.losses is None, batch.sample_losses is None, tuple(sorted(batch.task_losses)),
+            tuple(sorted(batch.subsets)), tuple(sorted((t, a.shape[1]) for t, a in batch.topk.items())))
+
+
+def block_spans(events: Sequence[Any], key: Callable[[Any], Hashable | None] | None = None) -> list[tuple[int, int]]:
+    """Where ``events`` (in order) can go in blocks: ``[start, end)`` spans that cover them all,
+    each one event or a block's records (batches sharing ``block_key`` and the scalars among
+    them, at least two batches). Control records (end_epoch, complete, checkpoint) end a block.
+
+    ``key`` gives a batch's ``block_key``, ``SCALAR`` for a scalar record and None for a
+    control record (default: for decoded ``Event``s).
+    """
+    key = key or event_block_key
+    spans: list[tuple[int, int]] = []
+    start, current, batches, last = 0, None, 0, 0
+
+    def close(end: int) -> None:
+        nonlocal start
+        if batches >= 2:
+            spans.append((start, end))
+        else:
+            spans.extend((i, i + 1) for i in range(start, end))
+        start = end
+
+    for i, event in enumerate(events):
+        k = key(event)
+        if k is not None and k != SCALAR:
+            if current is not None and k != current:
+                close(last)  # the scalars since the last batch open the next block (they are logged before it)
+                batches = 0
+            current, batches, last = k, batches + 1, i + 1
+        elif k is None:
+            close(i)
+            spans.append((i, i + 1))
+            start, current, batches = i + 1, None, 0
+    close(len(events))
+    return spans
+
+
+SCALAR = "scalar"
+
+
+def event_block_key(event: Event) -> Hashable | None:
+    """``block_key`` of a batch, ``SCALAR`` for a scalar record, None for any other event."""
+    if isinstance(event, BatchEvent):
+        return block_key(event)
+    return SCALAR if isinstance(event, ScalarEvent) else None
+
+
+def block_of(records: Sequence[BatchEvent | ScalarEvent]) -> BatchBlock:
+    """The block of batch and scalar records (logging order); the batches must share ``block_key``
+    and their labels be dictionary-encoded. A coalesced batch gives a row per segment."""
+    batches = [r for r in records if isinstance(r, BatchEvent)]
+    if not batches:
+        raise ValueError("a block needs at least one batch")
+    key = block_key(batches[0])
+    if any(block_key(b) != key for b in batches):
+        raise ValueError("the batches of a block must share their optional fields, families and k")
+    scalars, rows = [], 0
+    for record in records:
+        if isinstance(record, ScalarEvent):
+            scalars.append((rows, record))
+        else:
+            rows += len(record.sizes)
+    phases = list(dict.fromkeys(b.phase for b in batches))
+    where = {p: i for i, p in enumerate(phases)}
+
+    def per_row(value: Any) -> list[Any]:
+        return [value(b) for b in batches for _ in b.sizes]
+
+    first = batches[0]
+    return BatchBlock(
+        phases=phases,
+        step=np.array(per_row(lambda b: b.step), dtype=np.int64),
+        epoch=np.array(per_row(lambda b: b.epoch), dtype=np.int64),
+        phase=np.array(per_row(lambda b: where[b.phase]), dtype=np.int64),
+        time=np.array(per_row(lambda b: b.time), dtype=np.float64),
+        size=np.array([n for b in batches for n in b.sizes], dtype=np.int64),
+        targets={t: _concat([b.targets[t] for b in batches]) for t in first.targets},
+        topk={t: _concat([b.topk[t] for b in batches]) for t in first.topk},
+        losses=None if first.losses is None else np.array([v for b in batches for v in b.losses or ()]),
+        task_losses={t: np.array([v for b in batches for v in b.task_losses[t]]) for t in first.task_losses},
+        subsets={f: merge_labels([b.subsets[f] for b in batches]) for f in first.subsets},
+        sample_losses=None if first.sample_losses is None else _concat([b.sample_losses for b in batches
+                                                                          if b.sample_losses is not None]),
+        scalars=scalars,
+    )
+
+
+def _concat(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def merge_labels(pairs: Sequence[Labels]) -> Labels:
+    """Dictionary-encoded labels of several batches as one: the union vocabulary, codes remapped
+    (concatenated as they are when every batch has the same vocabulary)."""
+    first = pairs[0][0]
+    if all(v is first or v == first for v, _ in pairs):
+        return first, _concat([c for _, c in pairs])
+    labels = sorted({label for vocabulary, _ in pairs for label in vocabulary})
+    index = {label: i for i, label in enumerate(labels)}
+    codes = [np.asarray([index[v] for v in vocab], dtype=np.int64)[c] for vocab, c in pairs]
+    return labels, np.concatenate(codes)
+
+
+def _encode_block(block: BatchBlock, binary: bool, index_types: Mapping[str, np.dtype[Any]]) -> dict[str, Any]:
+    small = np.uint8 if len(block.phases) <= 256 else np.int64
+    out: dict[str, Any] = {
+        "kind": "batches", "phases": list(block.phases),
+        "step": encode_array(block.step, binary), "epoch": encode_array(block.epoch, binary),
+        "phase": encode_array(block.phase.astype(small), binary), "time": encode_array(block.time, binary),
+        "size": encode_array(block.size, binary),
+        "targets": {t: encode_array(_indices(a, binary, index_types.get(t)), binary) for t, a in block.targets.items()},
+        "topk": {t: encode_array(_indices(a, binary, index_types.get(t)), binary) for t, a in block.topk.items()},
+    }
+    if block.losses is not None:
+        out["loss"] = encode_array(block.losses, binary)
+    if block.task_losses:
+        out["task_losses"] = {t: encode_array(v, binary) for t, v in block.task_losses.items()}
+    if block.subsets:
+        out["subsets"] = {f: encode_subset(lab, codes, True) if binary else
+                          {"labels": list(lab), "codes": codes.tolist()} for f, (lab, codes) in block.subsets.items()}
+    if block.sample_losses is not None:
+        out["sample_losses"] = encode_array(block.sample_losses, binary)
+    if block.scalars:
+        out["scalars"] = [{**encode_event(event, binary), "at": at} for at, event in block.scalars]
     return out
 
 
@@ -382,6 +614,8 @@ def decode_event(obj: Any, where: str = "event") -> Event:
         return CompleteEvent(_int(obj, "through_step", where))
     if kind == "checkpoint":
         return CheckpointEvent(_name(obj, "id", where))
+    if kind == "batches":
+        return _decode_block(obj, where)
     raise WireError(f"{where}.kind: unknown event kind {kind!r} (expected one of {', '.join(EVENT_KINDS)})")
 
 
@@ -403,6 +637,80 @@ def _decode_batch(obj: Mapping[str, Any], where: str) -> BatchEvent:
         subsets=_subsets(obj, where, size),
         sample_losses=_sample_losses(obj, where, size),
     )
+
+
+def _decode_block(obj: Mapping[str, Any], where: str) -> BatchBlock:
+    phases = obj.get("phases")
+    if not isinstance(phases, list) or not phases:
+        raise WireError(f"{where}.phases: expected a non-empty list of phase names")
+    phases = [_check_name(p, f"{where}.phases") for p in phases]
+    step, epoch = _row_ints(obj, "step", where), _row_ints(obj, "epoch", where)
+    rows = step.shape[0]
+    if rows == 0:
+        raise WireError(f"{where}.step: a block needs at least one row")
+    columns = {"epoch": epoch, "phase": _row_array(obj, "phase", where, "int", rows),
+               "time": _row_array(obj, "time", where, "float", rows),
+               "size": _row_array(obj, "size", where, "int", rows)}
+    for name, column in columns.items():
+        if column.shape != (rows,):
+            raise WireError(f"{where}.{name}: expected {rows} values (one a row), got shape {list(column.shape)}")
+    phase, time, size = columns["phase"], columns["time"], columns["size"]
+    if phase.min() < 0 or phase.max() >= len(phases):
+        raise WireError(f"{where}.phase: phase indices must index the {len(phases)} phases")
+    if time.min() < 0:
+        raise WireError(f"{where}.time: expected wall-clock times, got {float(time.min())!r}")
+    if size.min() <= 0:
+        raise WireError(f"{where}.size: every row needs at least one sample, got {int(size.min())}")
+    targets = _array_map(obj, "targets", where, "int")
+    topk = _array_map(obj, "topk", where, "int")
+    samples = _batch_size(targets, where)
+    if samples != int(size.sum()):
+        raise WireError(f"{where}.size: rows add up to {int(size.sum())} samples but the targets have {samples}")
+    losses = None if obj.get("loss") is None else _row_array(obj, "loss", where, "float", rows)
+    task_losses = obj.get("task_losses") or {}
+    if not isinstance(task_losses, Mapping):
+        raise WireError(f"{where}.task_losses: expected an object, got {type(task_losses).__name__}")
+    per_task = {_check_name(t, f"{where}.task_losses"): decode_array(v, f"{where}.task_losses.{t}", "float")
+                for t, v in task_losses.items()}
+    for t, column in per_task.items():
+        if column.shape != (rows,):
+            raise WireError(f"{where}.task_losses.{t}: expected {rows} values (one a row), got shape "
+                            f"{list(column.shape)}")
+    return BatchBlock(phases=phases, step=step, epoch=epoch, phase=phase, time=time, size=size, targets=targets,
+                      topk=topk, losses=losses, task_losses=per_task, subsets=_subsets(obj, where, samples),
+                      sample_losses=_sample_losses(obj, where, samples), scalars=_block_scalars(obj, where, rows))
+
+
+def _row_ints(obj: Mapping[str, Any], key: str, where: str) -> np.ndarray:
+    array = decode_array(obj.get(key), f"{where}.{key}", "int")
+    if array.ndim != 1:
+        raise WireError(f"{where}.{key}: expected one value a row, got shape {list(array.shape)}")
+    if array.size and (array.min() < 0 or array.max() > MAX_STEP):
+        raise WireError(f"{where}.{key}: expected non-negative integers up to {MAX_STEP}")
+    return array.astype(np.int64, copy=False)
+
+
+def _row_array(obj: Mapping[str, Any], key: str, where: str, kind: str, rows: int) -> np.ndarray:
+    array = decode_array(obj.get(key), f"{where}.{key}", kind)
+    if array.shape != (rows,):
+        raise WireError(f"{where}.{key}: expected {rows} values (one a row), got shape {list(array.shape)}")
+    return array.astype(np.int64 if kind == "int" else np.float64, copy=False)
+
+
+def _block_scalars(obj: Mapping[str, Any], where: str, rows: int) -> list[tuple[int, ScalarEvent]]:
+    raw = obj.get("scalars") or []
+    if not isinstance(raw, list):
+        raise WireError(f"{where}.scalars: expected a list, got {type(raw).__name__}")
+    out: list[tuple[int, ScalarEvent]] = []
+    for i, item in enumerate(raw):
+        name = f"{where}.scalars[{i}]"
+        if not isinstance(item, Mapping) or item.get("kind") not in SCALAR_KINDS:
+            raise WireError(f"{name}: expected a scalar record ({', '.join(SCALAR_KINDS)})")
+        at = item.get("at")
+        if not _is_int(at) or not (out[-1][0] if out else 0) <= at <= rows:
+            raise WireError(f"{name}.at: expected a row position in [{out[-1][0] if out else 0}, {rows}], got {at!r}")
+        out.append((at, _decode_scalar(item, name, str(item["kind"]))))
+    return out
 
 
 def _array_map(obj: Mapping[str, Any], key: str, where: str, kind: str) -> dict[str, np.ndarray]:
@@ -580,8 +888,10 @@ def check_batch_against(batch: BatchEvent, tasks: Sequence[TaskInfo], where: str
     check_batches_against([batch], tasks, [where])
 
 
-def check_batches_against(batches: Sequence[BatchEvent], tasks: Sequence[TaskInfo], wheres: Sequence[str]) -> None:
-    """``check_batch_against`` for many batches, the class ranges checked task by task for all at once."""
+def check_batches_against(batches: Sequence[BatchEvent | BatchBlock], tasks: Sequence[TaskInfo],
+                          wheres: Sequence[str]) -> None:
+    """``check_batch_against`` for many batches (blocks too: a block is checked as one batch of all its
+    samples), the class ranges checked task by task for all at once."""
     names = {t.name for t in tasks}
     for batch, where in zip(batches, wheres, strict=True):
         _check_names(batch, names, where)
@@ -595,7 +905,7 @@ def check_batches_against(batches: Sequence[BatchEvent], tasks: Sequence[TaskInf
                 _check_task_range(batch, task, where)
 
 
-def _check_names(batch: BatchEvent, names: set[str], where: str) -> None:
+def _check_names(batch: BatchEvent | BatchBlock, names: set[str], where: str) -> None:
     for key in ("targets", "topk"):
         got = getattr(batch, key)
         if got.keys() != names:
@@ -606,7 +916,7 @@ def _check_names(batch: BatchEvent, names: set[str], where: str) -> None:
         raise WireError(f"{where}.task_losses: unknown task(s) {unknown}")
 
 
-def _check_task_shape(batch: BatchEvent, task: TaskInfo, where: str) -> None:
+def _check_task_shape(batch: BatchEvent | BatchBlock, task: TaskInfo, where: str) -> None:
     size = batch.batch_size
     topk = batch.topk[task.name]
     min_k = min(MIN_TOPK, task.num_classes)  # a task with fewer classes than 3 sends them all
@@ -617,7 +927,7 @@ def _check_task_shape(batch: BatchEvent, task: TaskInfo, where: str) -> None:
         )
 
 
-def _check_task_range(batch: BatchEvent, task: TaskInfo, where: str) -> None:
+def _check_task_range(batch: BatchEvent | BatchBlock, task: TaskInfo, where: str) -> None:
     for key, array in (("targets", batch.targets[task.name]), ("topk", batch.topk[task.name])):
         if array.size and (array.min() < 0 or array.max() >= task.num_classes):
             bad = array[(array < 0) | (array >= task.num_classes)].flat[0]

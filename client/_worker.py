@@ -31,7 +31,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from client._coalesce import encode_record
+from client._coalesce import encode_delivery
 from client._errors import ServiceRejected, ServiceUnavailable, SessionFenced
 from client._fastpath import Record
 from client._ledger import Counters, LossLog
@@ -66,7 +66,7 @@ class WorkerConfig:
 
 @dataclass
 class _Delivery:
-    """Records on their way: merged parts, their wire form, logged records per part."""
+    """Records on their way: the logged records of each wire event (merged, or in a block) and the events."""
 
     parts: list[list[Record]]
     encoded: list[dict[str, Any]] = field(default_factory=list)
@@ -256,8 +256,9 @@ class Worker:
                 self._inflight = _Delivery(parts) if parts else None
             delivery = self._inflight
         if delivery is not None and not delivery.encoded:
-            binary = self._transport.binary
-            delivery.encoded = [encode_record(p, binary, self._index_types) for p in delivery.parts]
+            groups, encoded = encode_delivery(delivery.parts, self._transport.binary, self._index_types)
+            with self._lock:  # the same records, grouped as the wire events that carry them
+                delivery.parts, delivery.encoded = groups, encoded
         return delivery
 
     def _ensure_session(self) -> bool:

@@ -18,6 +18,8 @@ phases). Subset metrics live under ``<phase>/subset/<family>/<label>/``.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from service.core.emission import Direction, MetricId
 from service.core.errors import InvalidInput
 
@@ -98,6 +100,11 @@ def direction_of(statistic: str) -> Direction:
     return None
 
 
+#: identities are immutable and a run emits the same few thousand again and again: each is built once
+_IDENTITIES = 1 << 16
+
+
+@lru_cache(maxsize=_IDENTITIES)
 def window_metric(suffix: str, *, phase: str, window: str, family: str | None = None,
                   label: str | None = None) -> MetricId:
     """The identity of a window value whose accumulator suffix is ``suffix``.
@@ -113,12 +120,14 @@ def window_metric(suffix: str, *, phase: str, window: str, family: str | None = 
     return MetricId(key, kind, statistic, phase, window, task, family, label, direction_of(statistic))
 
 
+@lru_cache(maxsize=_IDENTITIES)
 def scalar_metric(kind: str, name: str, higher_is_better: bool | None = None) -> MetricId:
     """The identity of an lr/pipeline/gradnorm/custom scalar."""
     direction: Direction = None if higher_is_better is None else ("max" if higher_is_better else "min")
     return MetricId(metric_key(kind, name), kind, name, direction=direction)
 
 
+@lru_cache(maxsize=_IDENTITIES)
 def core_metric(name: str, task: str | None = None) -> MetricId:
     """The identity of a ``core/`` key (``core/train_loss``, ``core/val_acc1/<task>``, ...)."""
     phase = name.split("_", 1)[0] if name.startswith(("train_", "val_")) else None

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from client._wire import BatchEvent, Event, ScalarEvent
+from client._wire import BatchBlock, BatchEvent, Event, ScalarEvent, record_count
 from service.core.alerts import Alert, AlertBook, parse_rules
 from service.core.emission import Emission
 from service.core.errors import CheckpointPending, InvalidInput
@@ -54,7 +54,7 @@ class Run:
     base: dict[str, Any] | None = None
     checkpoints: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("events", "deliveries", "duplicates", "ignored", "samples", "restores", "resets"), 0))
+        ("events", "records", "deliveries", "duplicates", "ignored", "samples", "restores", "resets"), 0))
     lock: threading.Lock = field(default_factory=threading.Lock)
     events_since_image: int = 0
     new_checkpoints: list[str] = field(default_factory=list)  # taken, not yet persisted by the runtime
@@ -125,19 +125,23 @@ class Run:
         return self.apply_delivery(self.plan_delivery(session_id, seq, events))
 
     def _count(self, fresh: Sequence[Event], counted: bool) -> None:
-        self.events_since_image += len(fresh)
+        records = record_count(fresh)  # a block is one event of the sequence and stands for its records
+        self.events_since_image += records
         if not counted:
             self.counters["ignored"] += len(fresh)
             return
         self.counters["events"] += len(fresh)
-        self.counters["samples"] += sum(e.batch_size for e in fresh if isinstance(e, BatchEvent))
+        self.counters["records"] += records
+        self.counters["samples"] += sum(e.batch_size for e in fresh if isinstance(e, BatchEvent | BatchBlock))
 
     def _judge(self, first: int, rank: int, fresh: Sequence[Event]) -> None:
         """Alerts of what the delivery emitted and of its ranks' non-finite reports."""
         self.alerts.seen(rank)
         for event in fresh:
-            if isinstance(event, ScalarEvent):
-                self.new_alerts += self.alerts.observe_scalars(rank, event.kind, event.step, event.values)
+            scalars = [s for _, s in event.scalars] if isinstance(event, BatchBlock) else [event]
+            for scalar in scalars:
+                if isinstance(scalar, ScalarEvent):
+                    self.new_alerts += self.alerts.observe_scalars(rank, scalar.kind, scalar.step, scalar.values)
         self._judge_emissions(self.state.outbox[first:])
 
     def _judge_emissions(self, emissions: Sequence[Emission]) -> None:

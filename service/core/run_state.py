@@ -17,6 +17,7 @@ from client._errors import InvalidValue
 from client._rules import check_vocabulary
 from client._wire import (
     TRAIN_PHASE,
+    BatchBlock,
     BatchEvent,
     CheckpointEvent,
     EndEpochEvent,
@@ -24,6 +25,7 @@ from client._wire import (
     ScalarEvent,
     WireError,
     check_batches_against,
+    logical_events,
 )
 from service.core.buckets import FIRE_ORDER, WINDOW_GROUPS, StepBucket, Window
 from service.core.cuts import Cuts
@@ -69,7 +71,7 @@ class RunState:
         """Raise if any event is invalid for this run and rank; changes nothing."""
         if self.finished:
             raise RunFinished(f"run {self.spec.run_id!r} is finished and takes no more events")
-        batches = [(e, f"events[{i}]") for i, e in enumerate(events) if isinstance(e, BatchEvent)]
+        batches = [(e, f"events[{i}]") for i, e in enumerate(events) if isinstance(e, BatchEvent | BatchBlock)]
         try:
             check_batches_against([b for b, _ in batches], self.spec.tasks, [w for _, w in batches])
             check_vocabulary(*self.layout.sizes_with([b for b, _ in batches]))
@@ -77,6 +79,11 @@ class RunState:
             raise InvalidInput(str(exc)) from exc
         state = self.accepted[rank].copy()
         for i, event in enumerate(events):
+            if isinstance(event, BatchBlock):
+                for j, record in enumerate(event.events()):
+                    self._check_one(state, record, f"events[{i}].record[{j}]")
+                    state.advance(record)
+                continue
             self._check_one(state, event, f"events[{i}]")
             state.advance(event)
 
@@ -117,7 +124,7 @@ class RunState:
         events = list(events)
         self._deltas = self._precompute(rank, events)
         try:
-            for event in events:
+            for event in logical_events(events):
                 self.accepted[rank].advance(event)
                 self._route(rank, event)
         finally:
@@ -125,22 +132,28 @@ class RunState:
         self._advance()
 
     def _precompute(self, rank: int, events: list[Event]) -> dict[int, Accumulator]:
-        """The statistics of the delivery's batches up to its first checkpoint marker, in one pass.
+        """The statistics of the delivery's batches up to its first checkpoint marker, in one pass
+        (a block's from its columns as they are).
 
         Batches after a marker may be held (DESIGN §3b); they are computed when applied, so a
         cut never sees a label first used after it.
         """
         if self.cuts.holds(rank):
             return {}
-        batches = []
-        for event in events:
-            if isinstance(event, CheckpointEvent):
-                break
+        deltas: dict[int, Accumulator] = {}
+        batches: list[BatchEvent] = []
+        for event in [*events, None]:  # in order: new labels get their codes as records sent one by one would
             if isinstance(event, BatchEvent):
                 batches.append(event)
-        if not batches:
-            return {}
-        return {id(b): acc for b, acc in zip(batches, Accumulator.of_batches(self.layout, batches), strict=True)}
+                continue
+            if batches:
+                deltas.update(zip(map(id, batches), Accumulator.of_batches(self.layout, batches), strict=True))
+                batches = []
+            if isinstance(event, BatchBlock):
+                deltas.update(zip(map(id, event.batches()), Accumulator.of_block(self.layout, event), strict=True))
+            elif event is None or isinstance(event, CheckpointEvent):
+                break
+        return deltas
 
     def _route(self, rank: int, event: Event) -> None:
         if self.cuts.holds(rank):

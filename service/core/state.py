@@ -14,6 +14,7 @@ any order.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from client._rules import RESERVED_FAMILY
-from client._wire import BatchEvent, TaskInfo
+from client._wire import BatchBlock, BatchEvent, TaskInfo
 from service.core.exact import fixed, fixed_sums_by_label, ratio
 
 NULL_FAMILY = RESERVED_FAMILY
@@ -53,7 +54,24 @@ class Layout:
         codes: np.ndarray = table[local_codes]
         return codes
 
-    def sizes_with(self, batches: Sequence[BatchEvent]) -> tuple[int, dict[str, int]]:
+    def block_codes(self, family: str, labels: Sequence[str], local_codes: np.ndarray,
+                    offsets: np.ndarray) -> np.ndarray:
+        """``codes`` for a block whose rows are ``offsets``-delimited slices of ``local_codes``.
+
+        New labels are added row by row, each row's in sorted order: the order the rows'
+        records sent one by one would add them in, so both give the same vocabulary.
+        """
+        known = self._index.get(family, {})
+        if any(label not in known for label in labels):
+            bounds = offsets.tolist()
+            for a, b in itertools.pairwise(bounds):
+                used = np.unique(local_codes[a:b]).tolist()
+                self.codes(family, sorted(labels[c] for c in used), np.empty(0, np.int64))
+                if all(label in self._index[family] for label in labels):
+                    break
+        return self.codes(family, labels, local_codes)
+
+    def sizes_with(self, batches: Sequence[BatchEvent | BatchBlock]) -> tuple[int, dict[str, int]]:
         """Families, and labels of each family a batch adds to, once ``batches`` are in."""
         new: dict[str, set[str]] = {}
         for batch in batches:
@@ -95,12 +113,18 @@ class Columns:
 
 def hit_rows(batches: Sequence[BatchEvent], layout: Layout) -> np.ndarray:
     """Per-sample outcomes of ``batches`` side by side: bool [hit rows, samples] (see ``Columns``)."""
+    names = [t.name for t in layout.tasks]
+    return hits_of(layout, {n: _joined([b.targets[n] for b in batches]) for n in names},
+                   {n: _joined_topk([b.topk[n] for b in batches]) for n in names})
+
+
+def hits_of(layout: Layout, targets: Mapping[str, np.ndarray], topk: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``hit_rows`` of joined columns: each task's targets int[S] and top-k int[S, k] (first 3 used)."""
     tasks, cols = layout.tasks, layout.columns
-    hits = np.empty((cols.hit_rows, sum(b.batch_size for b in batches)), dtype=bool)
+    hits = np.empty((cols.hit_rows, next(iter(targets.values())).shape[0]), dtype=bool)
     t = len(tasks)
     for i, task in enumerate(tasks):
-        y = _joined([b.targets[task.name] for b in batches])
-        top = _joined_topk([b.topk[task.name] for b in batches])
+        y, top = targets[task.name], topk[task.name][:, :3]
         hits[i] = top[:, 0] == y
         np.any(top == y[:, None], axis=1, out=hits[t + i])
         np.not_equal(y, task.null_index, out=hits[2 * t + i])
@@ -194,10 +218,29 @@ class Accumulator:
     @classmethod
     def of_batches(cls, layout: Layout, batches: Sequence[BatchEvent]) -> list[Accumulator]:
         """One accumulator per batch, computed for all of them at once (no per-sample Python)."""
+        families: dict[str, tuple[list[int], np.ndarray]] = {}
+        for family in {f for b in batches for f in b.subsets}:
+            having = [i for i, b in enumerate(batches) if family in b.subsets]
+            codes = [layout.codes(family, *batches[i].subsets[family]) for i in having]
+            families[family] = (having, _joined(codes))
+        return cls._of_rows(layout, batches, hit_rows(batches, layout), families)
+
+    @classmethod
+    def of_block(cls, layout: Layout, block: BatchBlock) -> list[Accumulator]:
+        """One accumulator per row of ``block``, from its columns as they are (nothing joined)."""
+        every = list(range(block.rows))
+        families = {f: (every, layout.block_codes(f, labels, codes, block.offsets))
+                    for f, (labels, codes) in block.subsets.items()}
+        return cls._of_rows(layout, block.batches(), hits_of(layout, block.targets, block.topk), families)
+
+    @classmethod
+    def _of_rows(cls, layout: Layout, batches: Sequence[BatchEvent], hits: np.ndarray,
+                 families: Mapping[str, tuple[list[int], np.ndarray]]) -> list[Accumulator]:
+        """Accumulators of ``batches`` from their outcomes and, per family, the batches that carry
+        it with the run's codes of their samples (joined)."""
         cols = layout.columns
         sizes = np.array([b.batch_size for b in batches], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        hits = hit_rows(batches, layout)
         counts = np.zeros((len(batches), cols.width), dtype=np.int64)
         counts[:, :cols.hit_rows] = np.add.reduceat(hits, starts, axis=1, dtype=np.int64).T
         counts[:, cols.n] = sizes
@@ -206,11 +249,10 @@ class Accumulator:
             acc._add_losses(batch)
             acc.t_min = acc.t_max = batch.time
             acc.max_step = batch.step
-        families = {f for b in batches for f in b.subsets}
         if families:
             family_hits = hits[cols.family_rows]  # the rows every family sums, taken once
-            for family in families:
-                _add_family(accs, batches, family, family_hits, starts, sizes)
+            for family, (having, codes) in families.items():
+                _add_family(accs, batches, family, having, codes, family_hits, starts, sizes)
         return accs
 
     def _add_losses(self, batch: BatchEvent) -> None:
@@ -338,14 +380,12 @@ class Accumulator:
         return acc
 
 
-def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: str, family_hits: np.ndarray,
-                starts: np.ndarray, sizes: np.ndarray) -> None:
-    """Per-label sums of ``family`` for every batch that carries it, in one bincount."""
+def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: str, having: list[int],
+                code: np.ndarray, family_hits: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> None:
+    """Per-label sums of ``family`` for the batches ``having`` it (samples coded ``code``), in one bincount."""
     layout, cols = accs[0].layout, accs[0].layout.columns
-    having = [i for i, b in enumerate(batches) if family in b.subsets]
-    codes = [layout.codes(family, *batches[i].subsets[family]) for i in having]
     labels = len(layout.families[family])
-    rows, code = family_hits, _joined(codes)
+    rows = family_hits
     if len(having) < len(batches):  # only the samples of the batches that carry the family
         rows = rows[:, np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in having])]
     owner = np.repeat(np.arange(len(having)), sizes[having])
@@ -355,11 +395,12 @@ def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: 
     sums = np.bincount(keys, minlength=len(having) * labels * cols.f_width)
     sums[cols.f_n::cols.f_width] += np.bincount(cell, minlength=len(having) * labels)
     tables = sums.reshape(len(having), labels, cols.f_width)
+    bounds = np.concatenate([[0], np.cumsum(sizes[having])]).tolist()
     for j, i in enumerate(having):
         stats = FamilyStats(tables[j], [0] * labels)
         losses = batches[i].sample_losses
         if losses is not None:
-            stats.loss_fx = fixed_sums_by_label(losses, codes[j], labels)
+            stats.loss_fx = fixed_sums_by_label(losses, code[bounds[j]:bounds[j + 1]], labels)
             stats.table[:, cols.f_loss_n] = stats.table[:, cols.f_n]
         accs[i].families[family] = stats
 

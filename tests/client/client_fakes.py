@@ -25,6 +25,7 @@ from client._wire import (
     Event,
     ScalarEvent,
     decode_events,
+    logical_events,
     unpack_body,
 )
 
@@ -158,7 +159,7 @@ class FakeService:
         if body["seq"] > session.next_seq:
             return _error(409, "sequence_gap", "gap", expected_seq=session.next_seq)
         fresh = decode_events(body["events"])[session.next_seq - body["seq"] :]
-        for event in fresh:
+        for event in logical_events(fresh):  # a block stands for its records
             self._apply_one(session.rank, event)
         session.next_seq += len(fresh)
         self.cond.notify_all()

@@ -129,7 +129,9 @@ def test_retries_keep_seq_and_apply_nothing_twice(service: FakeService, make_cli
     assert [b.step for b in service.batches()] == list(range(10))
     stats = mc.stats()
     assert stats["retries"] >= 5
-    assert stats["acked_events"] == 11 and stats["delivered"] == 11 and stats["pending"] == 0
+    assert stats["delivered"] == 11 and stats["pending"] == 0  # 10 batches and the flush's complete mark
+    # events are what the service's sequence counts: blocks of batches, so fewer than the records
+    assert stats["acked_events"] == sum(s.next_seq for s in service.sessions.values()) < 11
     assert stats["sent_events"] > stats["acked_events"]
 
 

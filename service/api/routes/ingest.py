@@ -8,7 +8,16 @@ from anyio import to_thread
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from client._wire import JSON_TYPE, MSGPACK_TYPE, BatchEvent, Event, decode_events, unpack_body
+from client._wire import (
+    JSON_TYPE,
+    MSGPACK_TYPE,
+    BatchBlock,
+    BatchEvent,
+    Event,
+    decode_events,
+    record_count,
+    unpack_body,
+)
 from service.api.deps import HostDep, SettingsDep
 from service.api.errors import BodyTooLarge
 from service.api.schemas import ERRORS, Ack, Delivery, SessionCreate, SessionOut
@@ -58,9 +67,15 @@ def _decode(raw: bytes, content_type: str, settings: Settings) -> tuple[Delivery
         raise InvalidInput(_describe(exc)) from exc
     events = decode_events(events_raw)
     for i, event in enumerate(events):
-        if isinstance(event, BatchEvent) and event.batch_size > settings.max_samples_per_record:
-            raise BodyTooLarge(f"events[{i}]: {event.batch_size} samples exceed the limit of "
+        largest = int(event.size.max()) if isinstance(event, BatchBlock) else \
+            event.batch_size if isinstance(event, BatchEvent) else 0
+        if largest > settings.max_samples_per_record:
+            raise BodyTooLarge(f"events[{i}]: {largest} samples in a record exceed the limit of "
                                f"{settings.max_samples_per_record} (max_samples_per_record)")
+    records = record_count(events)
+    if records > settings.max_events_per_request:
+        raise BodyTooLarge(f"events: {records} records exceed the limit of {settings.max_events_per_request} "
+                           "(max_events_per_request)")
     return delivery, events
 
 
