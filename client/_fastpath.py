@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -126,6 +127,7 @@ class FastBatches:
         self.limits = [t.num_classes for t in tasks]
         self.min_k = [min(MIN_TOPK, t.num_classes) for t in tasks]
         self._layouts: dict[tuple[Any, ...], _Layout] = {}
+        self._buffers = threading.local()
         self._labels: dict[str, set[str]] = {}
         self._coders: dict[str, LabelCoder] = {}
 
@@ -162,11 +164,22 @@ class FastBatches:
         layout = self._layouts.get(key) or self._new_layout(key)
         if layout is None:
             return None
-        flat = np.concatenate(arrays, axis=None, dtype=np.int64)
-        if np.count_nonzero(np.greater_equal(flat.view(np.uint64), layout.bound)):  # negatives wrap to huge
+        flat, over = self._scratch(layout)  # this thread's buffers: no allocation, no page to touch anew
+        np.concatenate(arrays, axis=None, out=flat)  # the layout checked every dtype casts safely to int64
+        if np.count_nonzero(np.greater_equal(flat.view(np.uint64), layout.bound, out=over)):  # negatives wrap
             return None
         # a quarter of the bytes to hold until the service has them (the int64 buffer is reused at once)
         return layout, flat.astype(layout.dtype)
+
+    def _scratch(self, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+        """The calling thread's int64 and bool buffers for ``layout`` (threads may log at once)."""
+        buffers: dict[int, tuple[np.ndarray, np.ndarray]] = self._buffers.__dict__.setdefault("by_layout", {})
+        found = buffers.get(id(layout))
+        if found is None or found[0].shape != layout.bound.shape:
+            if len(buffers) >= MAX_LAYOUTS:
+                buffers.clear()
+            found = buffers[id(layout)] = (np.empty(layout.bound.shape, np.int64), np.empty(layout.bound.shape, bool))
+        return found
 
     def _new_layout(self, key: tuple[Any, ...]) -> _Layout | None:
         shapes, dtypes = [s for s, _ in key], [d for _, d in key]

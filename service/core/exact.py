@@ -22,9 +22,9 @@ _SPLIT_BITS = 26
 
 
 def fixed(value: float) -> int:
-    """``value * 2**SCALE_BITS`` exactly."""
+    """``value * 2**SCALE_BITS`` exactly (a float's denominator is a power of two: a shift, no division)."""
     numerator, denominator = float(value).as_integer_ratio()
-    return numerator * ((1 << SCALE_BITS) // denominator)
+    return numerator << (SCALE_BITS + 1 - denominator.bit_length())
 
 
 def ratio(total: int, count: int) -> float:

@@ -124,9 +124,11 @@ def hits_of(layout: Layout, targets: Mapping[str, np.ndarray], topk: Mapping[str
     hits = np.empty((cols.hit_rows, next(iter(targets.values())).shape[0]), dtype=bool)
     t = len(tasks)
     for i, task in enumerate(tasks):
-        y, top = targets[task.name], topk[task.name][:, :3]
-        hits[i] = top[:, 0] == y
-        np.any(top == y[:, None], axis=1, out=hits[t + i])
+        y, top = targets[task.name], topk[task.name]
+        np.equal(top[:, 0], y, out=hits[i])
+        hits[t + i] = hits[i]
+        for column in range(1, min(3, top.shape[1])):  # column by column: faster than any() over a short axis
+            hits[t + i] |= top[:, column] == y
         np.not_equal(y, task.null_index, out=hits[2 * t + i])
     np.logical_and(hits[0:t], hits[2 * t:3 * t], out=hits[3 * t:4 * t])
     np.logical_and(hits[t:2 * t], hits[2 * t:3 * t], out=hits[4 * t:5 * t])
@@ -244,9 +246,17 @@ class Accumulator:
         counts = np.zeros((len(batches), cols.width), dtype=np.int64)
         counts[:, :cols.hit_rows] = np.add.reduceat(hits, starts, axis=1, dtype=np.int64).T
         counts[:, cols.n] = sizes
+        counts[:, cols.loss_n] = [b.batch_size if b.losses is not None else 0 for b in batches]
+        names = [t.name for t in layout.tasks]
+        for i, name in enumerate(names):
+            counts[:, cols.task_loss_n.start + i] = [b.batch_size if name in b.task_losses else 0 for b in batches]
         accs = [cls(layout, counts[i]) for i in range(len(batches))]
         for acc, batch in zip(accs, batches, strict=True):
-            acc._add_losses(batch)
+            if batch.losses is not None:
+                acc.loss_fx = _fixed_total(batch.sizes, batch.losses)
+            if batch.task_losses:
+                acc.task_loss_fx = [_fixed_total(batch.sizes, batch.task_losses[n]) if n in batch.task_losses else 0
+                                    for n in names]
             acc.t_min = acc.t_max = batch.time
             acc.max_step = batch.step
         if families:
@@ -254,17 +264,6 @@ class Accumulator:
             for family, (having, codes) in families.items():
                 _add_family(accs, batches, family, having, codes, family_hits, starts, sizes)
         return accs
-
-    def _add_losses(self, batch: BatchEvent) -> None:
-        cols = self.layout.columns
-        if batch.losses is not None:
-            self.loss_fx += sum(fixed(loss) * size for size, loss in zip(batch.sizes, batch.losses, strict=True))
-            self.counts[cols.loss_n] += batch.batch_size
-        for i, task in enumerate(self.layout.tasks):
-            losses = batch.task_losses.get(task.name)
-            if losses is not None:
-                self.task_loss_fx[i] += sum(fixed(v) * size for size, v in zip(batch.sizes, losses, strict=True))
-                self.counts[cols.task_loss_n.start + i] += batch.batch_size
 
     def merge(self, other: Accumulator) -> None:
         """Add another accumulator of the same run in place (its arrays are only read)."""
@@ -382,7 +381,7 @@ class Accumulator:
 
 def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: str, having: list[int],
                 code: np.ndarray, family_hits: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> None:
-    """Per-label sums of ``family`` for the batches ``having`` it (samples coded ``code``), in one bincount."""
+    """Per-label sums of ``family`` for the batches ``having`` it (samples coded ``code``), a bincount a hit row."""
     layout, cols = accs[0].layout, accs[0].layout.columns
     labels = len(layout.families[family])
     rows = family_hits
@@ -390,10 +389,11 @@ def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: 
         rows = rows[:, np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in having])]
     owner = np.repeat(np.arange(len(having)), sizes[having])
     cell = owner * labels + code
-    width = len(cols.family_rows)
-    keys = (cell[None, :] * cols.f_width + np.arange(width)[:, None])[rows]
-    sums = np.bincount(keys, minlength=len(having) * labels * cols.f_width)
-    sums[cols.f_n::cols.f_width] += np.bincount(cell, minlength=len(having) * labels)
+    cells = len(having) * labels
+    sums = np.zeros((cells, cols.f_width), dtype=np.int64)
+    for column, row in enumerate(rows):  # counts as float64 weights: exact below 2**53 samples
+        sums[:, column] = np.bincount(cell, weights=row, minlength=cells)
+    sums[:, cols.f_n] = np.bincount(cell, minlength=cells)
     tables = sums.reshape(len(having), labels, cols.f_width)
     bounds = np.concatenate([[0], np.cumsum(sizes[having])]).tolist()
     for j, i in enumerate(having):
@@ -403,6 +403,13 @@ def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: 
             stats.loss_fx = fixed_sums_by_label(losses, code[bounds[j]:bounds[j + 1]], labels)
             stats.table[:, cols.f_loss_n] = stats.table[:, cols.f_n]
         accs[i].families[family] = stats
+
+
+def _fixed_total(sizes: Sequence[int], means: Sequence[float]) -> int:
+    """Exact fixed-point sum of the segments' mean losses weighted by their sizes."""
+    if len(sizes) == 1:
+        return fixed(means[0]) * sizes[0]
+    return sum(fixed(mean) * size for size, mean in zip(sizes, means, strict=True))
 
 
 def _ints(values: Any, size: int, name: str) -> np.ndarray:
