@@ -332,7 +332,7 @@ def report(outcomes: list[Outcome], batches: int, repeats: int, kernel_best: flo
             continue
         rows.append([o.variant.name, f"{o.samples_per_s:,.0f}", o.spread, c.ratio(o.samples_per_s, kernel_median),
                      f"{o.seconds:.2f}", f"{o.log_seconds:.2f}", o.posts, f"{o.p50_ms:.1f}", f"{o.p99_ms:.1f}",
-                     f"{o.service_cpu_s:.1f}", f"{WORLD * batches * BATCH / o.service_cpu_s:,.0f}",
+                     f"{o.service_cpu_s:.2f}", f"{WORLD * batches * BATCH / o.service_cpu_s:,.0f}",
                      f"{o.rss_mib:.0f}"])
     print(c.table(["variant", "samples/s", "min..max", "vs kernel", "total s", "logging s", "POSTs", "POST p50 ms",
                    "POST p99 ms", "service CPU s", "samples/service CPU-s", "service RSS MiB"], rows))

@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from client._errors import InvalidType, InvalidValue
 
@@ -255,12 +255,12 @@ def _check_leaf(path: str, item: Any) -> None:
 # ---------------------------------------------------------------- the step-completion rule
 
 
-@dataclass(frozen=True)
-class RankSteps:
+class RankSteps(NamedTuple):
     """How far one rank got in train steps (-1: before its first).
 
     DESIGN §3b: a rank has completed train step s once it sent a train batch or a scalar
-    for a later step, ended the train epoch, or flushed/closed (``complete``).
+    for a later step, ended the train epoch, or flushed/closed (``complete``). A named tuple:
+    the client builds one for every logged record.
     """
 
     last_step: int = -1

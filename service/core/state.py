@@ -179,8 +179,9 @@ class FamilyStats:
 
     def merge(self, other: FamilyStats) -> None:
         """Add ``other`` in place (``other`` may know fewer labels, never more after growing)."""
-        self.grow(other.labels)
-        size = other.labels  # labels are append-only: other's codes are a prefix of ours
+        size = other.table.shape[0]  # labels are append-only: other's codes are a prefix of ours
+        if size > self.table.shape[0]:
+            self.grow(size)
         self.table[:size] += other.table
         if any(other.loss_fx):
             self.loss_fx = [a + b for a, b in zip(self.loss_fx, other.loss_fx + [0] * (self.labels - size),
@@ -268,10 +269,16 @@ class Accumulator:
     def merge(self, other: Accumulator) -> None:
         """Add another accumulator of the same run in place (its arrays are only read)."""
         self.counts += other.counts
-        self.loss_fx += other.loss_fx
-        self.task_loss_fx = [a + b for a, b in zip(self.task_loss_fx, other.task_loss_fx, strict=True)]
-        self.t_min, self.t_max = min(self.t_min, other.t_min), max(self.t_max, other.t_max)
-        self.max_step = max(self.max_step, other.max_step)
+        if other.loss_fx:
+            self.loss_fx += other.loss_fx
+        if any(other.task_loss_fx):
+            self.task_loss_fx = [a + b for a, b in zip(self.task_loss_fx, other.task_loss_fx, strict=True)]
+        if other.t_min < self.t_min:
+            self.t_min = other.t_min
+        if other.t_max > self.t_max:
+            self.t_max = other.t_max
+        if other.max_step > self.max_step:
+            self.max_step = other.max_step
         for family, stats in other.families.items():
             mine = self.families.get(family)
             if mine is None:
