@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from asgi_lifespan import LifespanManager
 
-from client._wire import JSON_TYPE, MSGPACK_TYPE, BatchEvent, ScalarEvent, encode_array
+from client._wire import JSON_TYPE, MSGPACK_TYPE, BatchEvent, ScalarEvent, block_of, encode_array
 from service.api import create_app
 from service.settings import Settings
 from tests.api.fuzz import _mutations as mut
@@ -479,3 +479,32 @@ async def test_too_many_samples_in_a_record_is_413(service: Service, binary: boo
     assert_refused(await service.post(body, binary), 413, "body_too_large", "events[0]", str(size),
                    "max_samples_per_record")
     assert await service.state() == before
+
+
+@pytest.mark.parametrize("binary", [False, True])
+async def test_a_block_counts_its_records_and_its_rows_against_the_limits(service: Service, binary: bool) -> None:
+    """A columnar block is one event of the sequence, but the limits count what it carries."""
+    rest = STREAMS[0][SEEDED[0]:]
+    batch = next(e for e in rest if isinstance(e, BatchEvent) and e.phase == "train")
+    assert batch.batch_size <= MAX_SAMPLES
+    before = await service.state()
+    too_many = delivery(service.session, service.seq, [block_of([batch] * (MAX_EVENTS + 1))], binary)
+    assert_refused(await service.post(too_many, binary), 413, "body_too_large", str(MAX_EVENTS + 1), "records",
+                   "max_events_per_request")
+    big = copy.deepcopy(batch)
+    size = MAX_SAMPLES + 1
+    big.targets = {t: np.resize(v, size) for t, v in big.targets.items()}
+    big.topk = {t: np.resize(v, (size, v.shape[1])) for t, v in big.topk.items()}
+    big.subsets = {f: (labels, np.resize(codes, size)) for f, (labels, codes) in big.subsets.items()}
+    big.sizes = [size]
+    if big.sample_losses is not None:
+        big.sample_losses = np.resize(big.sample_losses, size)
+    large_row = delivery(service.session, service.seq, [block_of([batch, big])], binary)
+    assert_refused(await service.post(large_row, binary), 413, "body_too_large", "events[0]", str(size),
+                   "max_samples_per_record")
+    assert await service.state() == before
+    # at the records limit, and more samples in all than one record may hold: rows are records
+    fits = delivery(service.session, service.seq, [block_of([batch] * MAX_EVENTS)], binary)
+    assert MAX_EVENTS * batch.batch_size > MAX_SAMPLES
+    reply = await service.post(fits, binary)
+    assert reply.status_code == 200 and reply.json()["acked_seq"] == service.seq + 1, reply.text
