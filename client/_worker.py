@@ -42,6 +42,9 @@ from client._wire import index_type
 log = logging.getLogger(__name__)
 
 MAX_DELIVERY_BYTES = 8 * 2**20
+#: record sizes are estimated as binary; a JSON body takes up to this many times more (a class
+#: index of one or two bytes becomes up to six characters, a float up to 24)
+JSON_EXPANSION = 8
 RUNNING, FENCED, FAILED, CRASHED = "running", "fenced", "failed", "crashed"
 CLOSED, FORKED = "closed", "forked"
 _STATE_DROP_REASON = {
@@ -252,7 +255,8 @@ class Worker:
     def _next_delivery(self) -> _Delivery | None:
         with self._lock:
             if self._inflight is None:
-                parts = self._queue.take(self._cfg.max_batch_events, MAX_DELIVERY_BYTES)
+                budget = MAX_DELIVERY_BYTES if self._transport.binary else MAX_DELIVERY_BYTES // JSON_EXPANSION
+                parts = self._queue.take(self._cfg.max_batch_events, budget)
                 self._inflight = _Delivery(parts) if parts else None
             delivery = self._inflight
         if delivery is not None and not delivery.encoded:

@@ -74,6 +74,7 @@ class FakeService:
     markers: dict[str, dict[int, dict[str, int]]] = field(default_factory=dict)
     restores: list[dict[str, Any]] = field(default_factory=list)
     content_types: list[str] = field(default_factory=list)
+    body_sizes: list[int] = field(default_factory=list)
     events_posts: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -133,6 +134,7 @@ class FakeService:
         self.events_posts += 1
         content_type = request.headers["content-type"]
         self.content_types.append(content_type)
+        self.body_sizes.append(len(request.content))
         action = self.failures.popleft() if self.failures else None
         if action == "connect":
             raise httpx.ConnectError("connection reset", request=request)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from client import MetricsClient
+from client._worker import MAX_DELIVERY_BYTES
 from client._wire import (
     JSON_TYPE,
     MSGPACK_TYPE,
@@ -273,3 +274,21 @@ def test_checkpoint_marker_follows_the_completion_mark(
     mc.state_dict(timeout_s=5)
     assert service.events()[-2:] == [CompleteEvent(3), CheckpointEvent("3")]
     assert isinstance(service.events()[0], BatchEvent)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["msgpack", "json"])
+def test_a_backlog_goes_in_deliveries_that_stay_under_the_delivery_budget(
+    service: FakeService, make_client: Make, binary: bool
+) -> None:
+    """Record sizes are estimated as binary: a JSON delivery gets a smaller budget, so a backlog of
+    large batches never makes a body the service would refuse as too large (its records lost)."""
+    mc = make_client(binary=binary, flush_interval_s=60.0, max_batch_events=10_000)
+    rng = np.random.default_rng(4)
+    batch = random_batch(rng, 2048)
+    for step in range(120):  # about 14 MiB of records queued before the sender wakes
+        mc.log_batch(step, epoch=0, loss=1.0, **batch)
+    assert mc.flush(30)
+    assert mc.stats()["delivered"] == 121 and len(service.batches()) == 120
+    assert max(service.body_sizes) <= MAX_DELIVERY_BYTES
+    if not binary:  # the same records in JSON take several deliveries
+        assert len(service.body_sizes) >= 2
