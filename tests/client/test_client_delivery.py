@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from client import MetricsClient
-from client._worker import MAX_DELIVERY_BYTES
 from client._wire import (
     JSON_TYPE,
     MSGPACK_TYPE,
@@ -21,6 +20,7 @@ from client._wire import (
     EndEpochEvent,
     ScalarEvent,
 )
+from client._worker import MAX_DELIVERY_BYTES
 from tests.client.client_fakes import TASKS, FakeService, random_batch
 
 Make = Callable[..., MetricsClient]
