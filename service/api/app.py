@@ -10,12 +10,14 @@ from typing import Any
 
 import anyio
 from anyio import to_thread
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from service.api import replicas
 from service.api.auth import BearerAuth
 from service.api.body_limit import BodyLimit
 from service.api.errors import install_error_handlers
+from service.api.fast_ingest import ROUTE_PATH, EventsFastPath, ingest_pool
 from service.api.readiness import Readiness, WriteGate
 from service.api.routes import dashboard, health, ingest, metrics, runs, snapshots, stream
 from service.api.run_export import RunExport
@@ -120,6 +122,10 @@ async def _watch_stalls(host: RunHost, threshold_s: float) -> None:
             log.exception("stall check failed")
 
 
+def _route(router: APIRouter, path: str, method: str) -> APIRoute:
+    return next(r for r in router.routes if isinstance(r, APIRoute) and r.path == path and method in (r.methods or ()))
+
+
 def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = None) -> FastAPI:
     """Build the service app.
 
@@ -135,6 +141,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
         chosen = list(sinks) if sinks is not None else default_sinks(settings)
         store = app.state.store = _open_store(settings, readiness) if settings.durable else None
         host = app.state.host = _make_host(settings, chosen, store, [app.state.stream, AlertLog()])
+        app.state.ingest_pool = ingest_pool()
         app.state.telemetry.watch(host)
         readiness.quarantined = host.quarantined
         if not settings.durable:
@@ -160,6 +167,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
                     tasks.cancel_scope.cancel()
         finally:
             app.state.stream.close()
+            await to_thread.run_sync(app.state.ingest_pool.shutdown)  # requests were drained: none waits
             await _shut_down(settings, chosen, host, store, readiness)
 
     app = FastAPI(title="linnaeus-metrics", version="0.1.0", lifespan=lifespan,
@@ -175,6 +183,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
         app.include_router(module.router)
     dashboard.install(app)
     # outermost last: metrics see every reply; auth before anything reads a body
+    app.add_middleware(EventsFastPath, route=_route(ingest.router, ROUTE_PATH, "POST"))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, decoded_limit=settings.max_decoded_bytes)
     app.add_middleware(WriteGate, readiness=app.state.readiness)
     if settings.auth_tokens:

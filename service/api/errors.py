@@ -59,25 +59,24 @@ def error_response(status: int, type_: str, detail: str, **extra: Any) -> JSONRe
     return JSONResponse({"type": type_, "detail": detail, **extra}, status_code=status)
 
 
-async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, core.NotOwner) and exc.owner_url:
-        return _to_owner(request, exc, exc.owner_url)
+def domain_reply(exc: Exception, path: str, query: str, readiness: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and extra headers for a domain error on ``path`` (the one mapping, used by the
+    framework's handlers and by the ingest fast path)."""
+    if isinstance(exc, core.NotOwner) and exc.owner_url:  # 307 to the same path on the run's owner
+        location = f"{exc.owner_url.rstrip('/')}{path}{f'?{query}' if query else ''}"
+        return 307, {"type": error_type(exc), "detail": str(exc), "owner": exc.owner_url}, {"location": location}
     extra = {k: getattr(exc, k) for k in ("expected_seq", "missing_ranks") if hasattr(exc, k)}
     status = status_of(exc)
     if isinstance(exc, core.StoreUnavailable):  # disk full or a damaged file: stop claiming readiness
-        request.app.state.readiness.not_ready(str(exc))
+        readiness.not_ready(str(exc))
     if status >= 500:
-        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
-    return error_response(status, error_type(exc), str(exc), **extra)
+        log.error("%s on %s: %s", type(exc).__name__, path, exc)
+    return status, {"type": error_type(exc), "detail": str(exc), **extra}, {}
 
 
-def _to_owner(request: Request, exc: Exception, owner_url: str) -> JSONResponse:
-    """307 to the same path on the run's owner (the client repeats the request there, body included)."""
-    query = f"?{request.url.query}" if request.url.query else ""
-    location = f"{owner_url.rstrip('/')}{request.url.path}{query}"
-    reply = error_response(307, error_type(exc), str(exc), owner=owner_url)
-    reply.headers["location"] = location
-    return reply
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    status, body, headers = domain_reply(exc, request.url.path, request.url.query, request.app.state.readiness)
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys, tracemalloc
     import msgpack, numpy as np
     from client._wire import BatchEvent, MSGPACK_TYPE, JSON_TYPE, encode_event, pack_body
-    from service.api.routes.ingest import _decode
+    from service.api.routes.ingest import decode_delivery as _decode
     from service.settings import Settings
 
     kind, size = sys.argv[1], int(sys.argv[2])

@@ -40,17 +40,22 @@ async def open_session(run_id: str, body: SessionCreate, host: HostDep) -> dict[
 
 @router.post("/events", response_model=Ack, openapi_extra=_BODY_DOC)
 async def post_events(run_id: str, request: Request, host: HostDep, settings: SettingsDep) -> dict[str, int]:
-    """Deliver events exactly once; the reply acknowledges them as durable."""
+    """Deliver events exactly once; the reply acknowledges them as durable.
+
+    The service answers these with ``service.api.fast_ingest`` (the same steps without the
+    framework's per-request work); this route documents the endpoint and is its reference.
+    """
     if not host.holds(run_id):  # refuse unknown runs before reading the body; a replica may take the
         await to_thread.run_sync(host.get, run_id)  # run over first (database I/O: off the event loop)
     raw = await request.body()  # BodyLimit (middleware) refuses it past max_body_bytes while it streams
     content_type = request.headers.get("content-type", JSON_TYPE)
-    delivery, events = await to_thread.run_sync(_decode, raw, content_type, settings)
+    delivery, events = await to_thread.run_sync(decode_delivery, raw, content_type, settings)
     return await to_thread.run_sync(host.ingest, run_id, delivery.session, delivery.seq, events,
                                     (raw, content_type))
 
 
-def _decode(raw: bytes, content_type: str, settings: Settings) -> tuple[Delivery, list[Event]]:
+def decode_delivery(raw: bytes, content_type: str, settings: Settings) -> tuple[Delivery, list[Event]]:
+    """A delivery body decoded and checked against the limits; raises the domain's errors."""
     if not content_type.startswith((JSON_TYPE, MSGPACK_TYPE)):
         raise InvalidInput(f"content-type: expected {JSON_TYPE} or {MSGPACK_TYPE}, got {content_type!r}")
     obj = unpack_body(raw, content_type, settings.max_decoded_bytes)
