@@ -24,6 +24,7 @@ SCRIPTS = [
     ("client_cost.py", ["--budget-s", "260"], 420),
     ("client_ratio.py", ["--budget-s", "200"], 660),
     ("ingest.py", ["--budget-s", "300"], 420),
+    ("requests.py", [], 180),
     ("memory.py", ["--budget-s", "200"], 300),
     ("freshness.py", ["--budget-s", "90"], 180),
     ("recovery.py", [], 420),

@@ -142,17 +142,18 @@ class RunState:
             return {}
         deltas: dict[int, Accumulator] = {}
         batches: list[BatchEvent] = []
-        for event in [*events, None]:  # in order: new labels get their codes as records sent one by one would
+        for event in [*events, None]:
             if isinstance(event, BatchEvent):
                 batches.append(event)
                 continue
-            if batches:
+            if not isinstance(event, BatchBlock | CheckpointEvent) and event is not None:
+                continue  # scalars and control records: the batches around them are computed together
+            if batches:  # before a block: new labels get their codes in the order the records came
                 deltas.update(zip(map(id, batches), Accumulator.of_batches(self.layout, batches), strict=True))
                 batches = []
-            if isinstance(event, BatchBlock):
-                deltas.update(zip(map(id, event.batches()), Accumulator.of_block(self.layout, event), strict=True))
-            elif event is None or isinstance(event, CheckpointEvent):
+            if not isinstance(event, BatchBlock):
                 break
+            deltas.update(zip(map(id, event.batches()), Accumulator.of_block(self.layout, event), strict=True))
         return deltas
 
     def _route(self, rank: int, event: Event) -> None:
