@@ -60,6 +60,8 @@ class Settings(BaseSettings):
                                    description="wandb mode (default: online with an API key, else offline)")
     console_enabled: bool = Field(True, description="log scheduled values to the console")
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="log level")
+    access_log: bool = Field(False, description="log a line for every HTTP request (thousands a second "
+                                                "from a large job: off by default)")
     stream_buffer_events: int = Field(10_000, ge=16, description="events kept per run for stream reconnects")
     stream_reader_queue_events: int = Field(1_000, ge=16, description="events queued per stream reader")
     stream_heartbeat_s: float = Field(15.0, gt=0, description="seconds between stream heartbeats")

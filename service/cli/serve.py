@@ -100,7 +100,7 @@ def _run(settings: Any, sock: socket.socket) -> int:
 
     app = create_app(settings)
     config = uvicorn.Config(
-        app, workers=1, log_level=settings.log_level, log_config=uvicorn_log_config(),
+        app, workers=1, log_level=settings.log_level, log_config=uvicorn_log_config(), access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         http=with_deadlines(settings.header_timeout_s, settings.body_timeout_s))
     server = _server(config, app.state.stream.close)
