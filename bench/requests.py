@@ -111,12 +111,16 @@ def start_bare(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each posting every size to both servers")
+    parser.add_argument("--warmup", type=int, default=600,
+                        help="one-record deliveries posted untimed first (a fresh service's first few hundred "
+                             "requests cost more)")
     args = parser.parse_args()
     c.exit_on_sigterm()
     c.print_header("requests: service CPU per delivery (client-encoded, blocks) next to a bare uvicorn app",
                    ["standard batch: 256 samples, 4 tasks 50/500/2k/10k classes, top-3, subsets rarity x3 + mask x2",
                     f"{args.rounds} rounds; each posts {', '.join(f'{n} deliveries of {r}' for r, n in SIZES)} "
-                    "record(s) to the service and the same bodies to the bare app; medians over rounds"])
+                    "record(s) to the service and the same bodies to the bare app; medians over rounds",
+                    f"{args.warmup} one-record deliveries posted to both first, untimed"])
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         service = c.ServiceProcess(tmp / "data", {}).start()
@@ -129,7 +133,10 @@ def main() -> int:
             httpx.post(f"{service.url}/v1/runs", json=spec, timeout=30).raise_for_status()
             session = httpx.post(f"{service.url}/v1/runs/{RUN_ID}/sessions", json={"rank": 0},
                                  timeout=30).json()["session"]
-            seq, step = 0, 1
+            warm, seq = bodies(session, 1, args.warmup, 0, 1)
+            step = 1 + args.warmup
+            post_all(service.url, service.pid, f"/v1/runs/{RUN_ID}/events", warm)
+            post_all(bare_url, bare.pid, "/", warm)
             results: dict[int, list[tuple[float, float, int]]] = {r: [] for r, _ in SIZES}
             for _ in range(args.rounds):
                 for records, count in SIZES:
