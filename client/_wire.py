@@ -644,17 +644,14 @@ def _decode_block(obj: Mapping[str, Any], where: str) -> BatchBlock:
     if not isinstance(phases, list) or not phases:
         raise WireError(f"{where}.phases: expected a non-empty list of phase names")
     phases = [_check_name(p, f"{where}.phases") for p in phases]
-    step, epoch = _row_ints(obj, "step", where), _row_ints(obj, "epoch", where)
+    step = _row_ints(obj, "step", where)
     rows = step.shape[0]
     if rows == 0:
         raise WireError(f"{where}.step: a block needs at least one row")
-    columns = {"epoch": epoch, "phase": _row_array(obj, "phase", where, "int", rows),
-               "time": _row_array(obj, "time", where, "float", rows),
-               "size": _row_array(obj, "size", where, "int", rows)}
-    for name, column in columns.items():
-        if column.shape != (rows,):
-            raise WireError(f"{where}.{name}: expected {rows} values (one a row), got shape {list(column.shape)}")
-    phase, time, size = columns["phase"], columns["time"], columns["size"]
+    epoch = _row_ints(obj, "epoch", where, rows)
+    phase = _row_array(obj, "phase", where, "int", rows)
+    time = _row_array(obj, "time", where, "float", rows)
+    size = _row_array(obj, "size", where, "int", rows)
     if phase.min() < 0 or phase.max() >= len(phases):
         raise WireError(f"{where}.phase: phase indices must index the {len(phases)} phases")
     if time.min() < 0:
@@ -670,27 +667,26 @@ def _decode_block(obj: Mapping[str, Any], where: str) -> BatchBlock:
     task_losses = obj.get("task_losses") or {}
     if not isinstance(task_losses, Mapping):
         raise WireError(f"{where}.task_losses: expected an object, got {type(task_losses).__name__}")
-    per_task = {_check_name(t, f"{where}.task_losses"): decode_array(v, f"{where}.task_losses.{t}", "float")
-                for t, v in task_losses.items()}
-    for t, column in per_task.items():
-        if column.shape != (rows,):
-            raise WireError(f"{where}.task_losses.{t}: expected {rows} values (one a row), got shape "
-                            f"{list(column.shape)}")
+    named = f"{where}.task_losses"
+    per_task = {_check_name(t, named): _row_array(task_losses, t, named, "float", rows) for t in task_losses}
     return BatchBlock(phases=phases, step=step, epoch=epoch, phase=phase, time=time, size=size, targets=targets,
                       topk=topk, losses=losses, task_losses=per_task, subsets=_subsets(obj, where, samples),
                       sample_losses=_sample_losses(obj, where, samples), scalars=_block_scalars(obj, where, rows))
 
 
-def _row_ints(obj: Mapping[str, Any], key: str, where: str) -> np.ndarray:
+def _row_ints(obj: Mapping[str, Any], key: str, where: str, rows: int | None = None) -> np.ndarray:
+    """Steps or epochs, one a row (``rows`` of them when given)."""
     array = decode_array(obj.get(key), f"{where}.{key}", "int")
-    if array.ndim != 1:
-        raise WireError(f"{where}.{key}: expected one value a row, got shape {list(array.shape)}")
+    if array.ndim != 1 or (rows is not None and array.shape[0] != rows):
+        wanted = "one value a row" if rows is None else f"{rows} values (one a row)"
+        raise WireError(f"{where}.{key}: expected {wanted}, got shape {list(array.shape)}")
     if array.size and (array.min() < 0 or array.max() > MAX_STEP):
         raise WireError(f"{where}.{key}: expected non-negative integers up to {MAX_STEP}")
     return array.astype(np.int64, copy=False)
 
 
 def _row_array(obj: Mapping[str, Any], key: str, where: str, kind: str, rows: int) -> np.ndarray:
+    """One number a row of ``kind`` (``int`` or ``float``)."""
     array = decode_array(obj.get(key), f"{where}.{key}", kind)
     if array.shape != (rows,):
         raise WireError(f"{where}.{key}: expected {rows} values (one a row), got shape {list(array.shape)}")
