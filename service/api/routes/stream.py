@@ -67,8 +67,10 @@ class EventStreamResponse(StreamingResponse):
     A reader that stopped reading leaves the response stuck in ``send`` (the transport is
     paused); waiting for ``reader.gone`` beside it and cancelling after ``drop_grace_s``
     closes that connection instead of keeping it for as long as the client keeps its
-    socket open (a reader dropped while still reading ends cleanly within the grace).
-    Whatever ends the response, the hub forgets the reader.
+    socket open. A reader dropped for falling behind is always cut so (what it missed is
+    gone; it reconnects with ``Last-Event-ID``); one ended because its run was deleted or
+    the service is stopping ends cleanly. Whatever ends the response, the hub forgets the
+    reader.
     """
 
     def __init__(self, hub: StreamHub, reader: Reader, heartbeat_s: float, drop_grace_s: float) -> None:
@@ -103,6 +105,8 @@ async def _events(reader: Reader, heartbeat_s: float) -> AsyncIterator[bytes]:
         if batch is None:
             yield b": heartbeat\n\n"
         elif not batch:
+            if reader.behind:  # dropped for falling behind: the response's watcher cuts the connection after
+                await anyio.sleep_forever()  # the grace (ending cleanly here would race with that cut)
             return
         else:
             yield stream_lines(batch)
