@@ -283,7 +283,8 @@ class _Phases:
 def test_a_stalled_reader_is_dropped_its_connection_closed_and_ingest_not_slowed(tmp_path: Path) -> None:
     busy = {**SPEC, "run_id": "busy", "total_steps": 10**6,
             "config": {"METRICS": {"STEP_INTERVAL": 1, "WANDB_INTERVAL": 1, "LR_INTERVAL": 1}}}
-    env = {"LINNAEUS_METRICS_STREAM_READER_QUEUE_EVENTS": "16", "LINNAEUS_METRICS_DURABLE": "false",
+    # a live reader keeps 256 messages of slack (about 20 deliveries here); the stalled one overflows them anyway
+    env = {"LINNAEUS_METRICS_STREAM_READER_QUEUE_EVENTS": "256", "LINNAEUS_METRICS_DURABLE": "false",
            "LINNAEUS_METRICS_STREAM_DROP_GRACE_S": "0"}  # cut at once: the test then sees EOF, not a clean end
     service = ServiceProcess(tmp_path / "data", free_port(), env=env).start()
     with httpx.Client(base_url=service.url, timeout=20) as http:
