@@ -29,6 +29,7 @@ from client._wire import (
     Event,
     Labels,
     ScalarEvent,
+    block_key,
     block_of,
     block_spans,
     encode_event,
@@ -42,23 +43,18 @@ def coalesce_key(event: Record, barrier: int) -> Key | None:
     """The merge key of a data record, or None for control records (never merged)."""
     if isinstance(event, ScalarEvent):
         return (event.kind, barrier, event.step)
-    if isinstance(event, PackedBatch):  # the key its BatchEvent has: packed and unpacked records merge
-        return ("batch", barrier, event.step, event.epoch, event.phase, event.losses is None, True,
-                tuple(sorted(event.task_losses)), tuple(sorted(event.subsets)), event.layout.task_ks)
-    if not isinstance(event, BatchEvent):
+    if not isinstance(event, BatchEvent | PackedBatch):
         return None
-    return (
-        "batch",
-        barrier,
-        event.step,
-        event.epoch,
-        event.phase,
-        event.losses is None,
-        event.sample_losses is None,
-        tuple(sorted(event.task_losses)),
-        tuple(sorted(event.subsets)),
-        tuple(sorted((task, array.shape[1]) for task, array in event.topk.items())),
-    )
+    return ("batch", barrier, event.step, event.epoch, event.phase, *shape_key(event))
+
+
+def shape_key(event: BatchEvent | PackedBatch) -> Key:
+    """``client._wire.block_key`` of a batch, packed or not (a packed batch has no per-sample
+    losses): what batches must share to merge or to go in one block."""
+    if isinstance(event, PackedBatch):
+        return (event.losses is None, True, tuple(sorted(event.task_losses)), tuple(sorted(event.subsets)),
+                event.layout.task_ks)
+    return block_key(event)
 
 
 def record_nbytes(event: Record) -> int:
@@ -108,12 +104,9 @@ def encode_delivery(parts: Sequence[list[Record]], binary: bool, index_types: Ma
 
 
 def _part_block_key(part: Sequence[Record]) -> Hashable | None:
-    """``block_key`` of a queued part (its records share it), ``SCALAR`` or None (control records)."""
+    """``shape_key`` of a queued part (its records share it), ``SCALAR`` or None (control records)."""
     record = part[0]
-    if isinstance(record, PackedBatch):
-        return (record.losses is None, True, tuple(sorted(record.task_losses)), tuple(sorted(record.subsets)),
-                record.layout.task_ks)
-    return event_block_key(record)
+    return shape_key(record) if isinstance(record, BatchEvent | PackedBatch) else event_block_key(record)
 
 
 def encode_record(parts: Sequence[Record], binary: bool, index_types: Mapping[str, np.dtype[Any]]) -> dict[str, Any]:
