@@ -59,13 +59,13 @@ async def _replies(tmp_path: Path, fast: bool) -> list[tuple[int, Any]]:
 
 async def test_the_fast_path_answers_as_the_route_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     served: list[str] = []
-    original = fast_ingest._ingest
+    original = fast_ingest.ingest_delivery
 
     def counting(*args: Any) -> Any:
         served.append(args[2])
         return original(*args)
 
-    monkeypatch.setattr(fast_ingest, "_ingest", counting)
+    monkeypatch.setattr(fast_ingest, "ingest_delivery", counting)
     fast = await _replies(tmp_path, fast=True)
     assert len(served) == 8  # every delivery that reached decoding went through the fast path
     served.clear()

@@ -22,6 +22,7 @@ from service.api.deps import HostDep, SettingsDep
 from service.api.errors import BodyTooLarge
 from service.api.schemas import ERRORS, Ack, Delivery, SessionCreate, SessionOut
 from service.core.errors import InvalidInput
+from service.runtime.host import RunHost
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["ingest"], responses=ERRORS)
@@ -49,9 +50,14 @@ async def post_events(run_id: str, request: Request, host: HostDep, settings: Se
         await to_thread.run_sync(host.get, run_id)  # run over first (database I/O: off the event loop)
     raw = await request.body()  # BodyLimit (middleware) refuses it past max_body_bytes while it streams
     content_type = request.headers.get("content-type", JSON_TYPE)
-    delivery, events = await to_thread.run_sync(decode_delivery, raw, content_type, settings)
-    return await to_thread.run_sync(host.ingest, run_id, delivery.session, delivery.seq, events,
-                                    (raw, content_type))
+    return await to_thread.run_sync(ingest_delivery, host, settings, run_id, raw, content_type)
+
+
+def ingest_delivery(host: RunHost, settings: Settings, run_id: str, raw: bytes,
+                    content_type: str) -> dict[str, int]:
+    """Decode a delivery body and ingest it (in one worker thread: the append to the store blocks)."""
+    delivery, events = decode_delivery(raw, content_type, settings)
+    return host.ingest(run_id, delivery.session, delivery.seq, events, (raw, content_type))
 
 
 def decode_delivery(raw: bytes, content_type: str, settings: Settings) -> tuple[Delivery, list[Event]]:
