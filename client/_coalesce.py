@@ -52,7 +52,7 @@ def shape_key(event: BatchEvent | PackedBatch) -> Key:
     """``client._wire.block_key`` of a batch, packed or not (a packed batch has no per-sample
     losses): what batches must share to merge or to go in one block."""
     if isinstance(event, PackedBatch):
-        return (event.losses is None, True, tuple(sorted(event.task_losses)), tuple(sorted(event.subsets)),
+        return (event.loss is None, True, tuple(sorted(event.task_losses)), tuple(sorted(event.subsets)),
                 event.layout.task_ks)
     return block_key(event)
 

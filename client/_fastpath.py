@@ -43,6 +43,7 @@ MAX_LAYOUTS = 64  # distinct (shapes, dtypes) remembered; batch sizes vary littl
 
 _ARRAY_TYPES = {np.ndarray}
 _NUMBER_TYPES = frozenset({float, int, np.float64, np.float32, np.float16})
+_FLOAT_TYPE = frozenset({float})
 _SHAPE_AND_DTYPE = operator.attrgetter("shape", "dtype")
 
 
@@ -69,15 +70,18 @@ class PackedBatch:
     only copies and checks.
     """
 
-    __slots__ = ("epoch", "flat", "layout", "losses", "nbytes", "phase", "step", "subsets", "task_losses", "time")
+    __slots__ = ("epoch", "flat", "layout", "loss", "nbytes", "phase", "step", "subsets", "task_losses", "time")
     kind = "batch"
 
     def __init__(self, step: int, epoch: int, phase: str, time: float, flat: np.ndarray, layout: _Layout,
-                 losses: list[float] | None, task_losses: dict[str, list[float]], subsets: dict[str, Labels]) -> None:
+                 loss: float | None, task_losses: dict[str, float], subsets: dict[str, Labels]) -> None:
         self.step, self.epoch, self.phase, self.time = step, epoch, phase, time
         self.flat, self.layout = flat, layout
-        self.losses, self.task_losses, self.subsets = losses, task_losses, subsets
-        self.nbytes = RECORD_OVERHEAD_BYTES + flat.nbytes + raw_label_bytes(subsets)  # its encoded size, about
+        # plain floats: a dict of floats is not tracked by the garbage collector, lists would be (a record
+        # waits in the queue, and every tracked object brings the next collection on the training thread closer)
+        self.loss, self.task_losses, self.subsets = loss, task_losses, subsets
+        # its encoded size, about: a label code takes at most 4 bytes on the wire
+        self.nbytes = RECORD_OVERHEAD_BYTES + flat.nbytes + 4 * layout.size * len(subsets)
 
     @property
     def batch_size(self) -> int:
@@ -91,7 +95,8 @@ class PackedBatch:
         return BatchEvent(step=self.step, epoch=self.epoch, phase=self.phase, time=self.time,
                           targets=dict(zip(names, parts[:count], strict=True)),
                           topk=dict(zip(names, parts[count:], strict=True)),
-                          sizes=[self.layout.size], losses=self.losses, task_losses=self.task_losses,
+                          sizes=[self.layout.size], losses=None if self.loss is None else [self.loss],
+                          task_losses={t: [v] for t, v in self.task_losses.items()},
                           subsets=dict(self.subsets))
 
     def encode(self) -> dict[str, Any]:
@@ -104,10 +109,10 @@ class PackedBatch:
         out: dict[str, Any] = {"kind": "batch", "step": self.step, "epoch": self.epoch, "phase": self.phase,
                                "time": self.time, "targets": dict(zip(names, arrays[:count], strict=True)),
                                "topk": dict(zip(names, arrays[count:], strict=True))}
-        if self.losses is not None:
-            out["loss"] = self.losses[0]
+        if self.loss is not None:
+            out["loss"] = self.loss
         if self.task_losses:
-            out["task_losses"] = {t: v[0] for t, v in self.task_losses.items()}
+            out["task_losses"] = self.task_losses
         if self.subsets:
             out["subsets"] = {f: encode_subset(*_encoded(labels), True) for f, labels in self.subsets.items()}
         return out
@@ -139,23 +144,25 @@ class FastBatches:
             return None
         layout, flat = arrays
         if type(loss) is float and loss - loss == 0.0:  # a finite Python float: the usual loss
-            losses: list[float] | None = [loss]
+            value: float | None = loss
         elif loss is None:
-            losses = None
-        elif (losses := _numbers([loss])) is None:
+            value = None
+        elif (number := _numbers([loss])) is None:
             return None
+        else:
+            value = number[0]
         per_task = self._task_losses(task_losses)
         labels = {} if subsets is None else self._subsets(subsets, layout.size)
         if per_task is None or labels is None:
             return None
-        return PackedBatch(step, epoch, phase, time, flat, layout, losses, per_task, labels)
+        return PackedBatch(step, epoch, phase, time, flat, layout, value, per_task, labels)
 
     def _arrays(self, targets: Any, topk: Any) -> tuple[_Layout, np.ndarray] | None:
         if type(targets) is not dict or type(topk) is not dict or len(targets) != self.count \
                 or len(topk) != self.count:
             return None
         try:
-            arrays = [targets[n] for n in self.names] + [topk[n] for n in self.names]
+            arrays = [*map(targets.__getitem__, self.names), *map(topk.__getitem__, self.names)]
         except (KeyError, TypeError):
             return None
         if set(map(type, arrays)) != _ARRAY_TYPES:
@@ -197,13 +204,16 @@ class FastBatches:
         layout = self._layouts[key] = _Layout(self.names, size, [p[1] for p in ps], self.limits)
         return layout
 
-    def _task_losses(self, task_losses: Any) -> dict[str, list[float]] | None:
+    def _task_losses(self, task_losses: Any) -> dict[str, float] | None:
         if task_losses is None:
             return {}
         if type(task_losses) is not dict or not task_losses.keys() <= self.name_set:
             return None
-        values = _numbers(list(task_losses.values()))
-        return None if values is None else {n: [v] for n, v in zip(task_losses, values, strict=True)}
+        values = list(task_losses.values())
+        if _FLOAT_TYPE.issuperset(map(type, values)) and math.isfinite(sum(values)):  # the usual: Python floats
+            return dict(task_losses)
+        numbers = _numbers(values)
+        return None if numbers is None else dict(zip(task_losses, numbers, strict=True))
 
     def _subsets(self, subsets: Any, size: int) -> dict[str, Labels] | None:
         if type(subsets) is not dict:
