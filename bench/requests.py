@@ -10,7 +10,8 @@ time (user + system, /proc) per request. Side by side, in the same run: a bare u
 (``uvloop``, ``httptools``, the same flags) that only reads the same bodies and answers, the
 floor any ASGI service on this machine pays for the request. It prints the ratio and, for
 each delivery size, the cores a 1,024-rank run at 5 steps/s would need at that size (the
-size a sender's ``flush_interval_s`` gives: 0.2 s -> 1 record, 1 s -> 5 records).
+size a sender's ``flush_interval_s`` gives: 0.2 s -> 1 record, 1 s -> 5 records, 4 s -> 20 records,
+the client's default cadence at 1,024 ranks).
 
 Run: ``.venv/bin/python bench/requests.py [--rounds 3]``
 """
@@ -34,6 +35,7 @@ import numpy as np
 
 from client._coalesce import encode_delivery
 from client._fastpath import FastBatches
+from client._spec import default_flush_interval
 from client._wire import MSGPACK_TYPE, TaskInfo, index_type, pack_body
 
 RUN_ID = "requests"
@@ -50,7 +52,7 @@ BARE_APP = textwrap.dedent('''
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 ''')
-SIZES = ((1, 300), (5, 150), (256, 12))  # records per delivery, deliveries per round
+SIZES = ((1, 300), (5, 150), (20, 60), (256, 12))  # records per delivery, deliveries per round
 
 
 def cpu_seconds(pid: int) -> float:
@@ -166,8 +168,10 @@ def report(results: dict[int, list[tuple[float, float, int]]]) -> None:
     print(c.table(["records/delivery", "body bytes", "service CPU ms/request", "min..max",
                    "bare uvicorn ms/request", "service / bare", "samples/service CPU-s",
                    "requests/s at 1,024 ranks", "service cores needed"], rows))
-    print("\n(1 record a delivery: a sender flushing every 0.2 s at 5 steps/s; 5 records: every 1 s; "
-          "256: a backlog. The bare app's figure is what uvicorn itself costs on this machine.)")
+    print(f"\n(1 record a delivery: a sender flushing every 0.2 s at 5 steps/s; 5 records: every 1 s; "
+          f"20 records: every {default_flush_interval(1024):g} s, the client's default cadence at 1,024 ranks "
+          "(client._spec.default_flush_interval); 256: a backlog. The bare app's figure is what uvicorn itself "
+          "costs on this machine.)")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,9 @@ class MetricsClient:
         binary: send msgpack (True) or JSON (False) bodies.
         max_queue_items: queue capacity; past it records are merged, then dropped.
         max_batch_events: records per delivery.
-        flush_interval_s: how long a record may wait to be batched with others.
+        flush_interval_s: how long a record may wait to be batched with others; by default
+            0.2 s, longer for large runs so that all ranks together post about 256 requests a
+            second (``world_size / 256`` s, at most 5 s: 4 s at 1,024 ranks; see ``flush_interval_s``).
         request_timeout_s: timeout of one HTTP request.
         retry_initial_s: first retry delay (doubling, jittered, capped by ``retry_max_s``).
         retry_max_s: longest retry delay.
@@ -124,7 +126,7 @@ class MetricsClient:
         binary: bool = True,
         max_queue_items: int = 10_000,
         max_batch_events: int = 256,
-        flush_interval_s: float = 0.2,
+        flush_interval_s: float | None = None,
         request_timeout_s: float = 10.0,
         retry_initial_s: float = 0.25,
         retry_max_s: float = 10.0,
@@ -194,6 +196,12 @@ class MetricsClient:
         return _unpickle, (self._pid, id(self), self._args)
 
     # ------------------------------------------------------------ properties
+
+    @property
+    def flush_interval_s(self) -> float:
+        """How long a record may wait on this rank before the sender posts it (the constructor's
+        argument, or the default for the run's world size)."""
+        return self._args.worker.flush_interval_s
 
     @property
     def last_step(self) -> int:

@@ -19,6 +19,24 @@ from client._errors import InvalidType, InvalidValue
 from client._rules import TaskInfo, check_int
 from client._worker import WorkerConfig
 
+#: what one run's ranks together may post, in requests a second, when ``flush_interval_s`` is
+#: left to the client: a one-record delivery costs the service ~1.2-2 ms of CPU (bench/requests.py),
+#: so 256 requests a second take a quarter to a half of a core, whatever the world size
+RUN_REQUESTS_PER_S = 256
+MIN_FLUSH_INTERVAL_S, MAX_FLUSH_INTERVAL_S = 0.2, 5.0
+
+
+def default_flush_interval(world_size: int) -> float:
+    """The sender's cadence for ``world_size`` ranks: 0.2 s up to 51 ranks, then ``world_size / 256``
+    seconds (4 s at 1,024 ranks), at most 5 s.
+
+    Each rank posts once an interval whatever it holds, so without this a 1,024-rank run at
+    0.2 s makes 5,120 requests a second of one record each: per-request work, not samples,
+    would then decide how many cores the service needs (~10 here). Records then wait up to
+    the interval on the rank; ``flush()``, ``state_dict()`` and ``close()`` still deliver at once.
+    """
+    return min(max(MIN_FLUSH_INTERVAL_S, world_size / RUN_REQUESTS_PER_S), MAX_FLUSH_INTERVAL_S)
+
 
 def check_url(url: Any) -> str:
     """An http(s) URL of the service, or several replicas' URLs (a list, or separated by commas)."""
@@ -148,7 +166,8 @@ def check_client_args(
         worker=WorkerConfig(
             max_queue_items=check_int(options["max_queue_items"], "max_queue_items", 1, 10**8),
             max_batch_events=check_int(options["max_batch_events"], "max_batch_events", 1, 10_000),
-            flush_interval_s=check_positive(options["flush_interval_s"], "flush_interval_s"),
+            flush_interval_s=default_flush_interval(world_size) if options["flush_interval_s"] is None
+            else check_positive(options["flush_interval_s"], "flush_interval_s"),
             backoff_initial_s=check_positive(options["retry_initial_s"], "retry_initial_s"),
             backoff_max_s=check_positive(options["retry_max_s"], "retry_max_s"),
         ),
