@@ -13,6 +13,7 @@ bounded, old points are downsampled rather than cut, and the recent past stays e
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Mapping
 from typing import Any
@@ -60,12 +61,14 @@ class MetricsBook:
         """``{final_key: best value}``, sorted by key."""
         return {k: v for k, (v, _) in sorted(self.best.items())}
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
+    def to_dict(self, binary: bool = False) -> dict[str, Any]:
+        """JSON-safe form; ``binary``: history series as little-endian bytes (recovery images:
+        written every few thousand events, a list of boxed numbers per point was most of their cost)."""
         return {
             "max_points": self.max_points,
             "latest": {k: [v, s] for k, (v, s) in self.latest.items()},
-            "history": {k: [st.tolist(), vs.tolist()] for k, (st, vs) in self.history.items()},
+            "history": {k: [_bytes_of(st), _bytes_of(vs)] if binary else [st.tolist(), vs.tolist()]
+                        for k, (st, vs) in self.history.items()},
             "best": {k: [v, h] for k, (v, h) in self.best.items()},
             "ids": {k: m.to_dict() for k, m in self.ids.items()},
         }
@@ -75,12 +78,36 @@ class MetricsBook:
         """Inverse of ``to_dict``."""
         book = cls(int(data["max_points"]))
         book.latest = {k: (float(v), int(s)) for k, (v, s) in data["latest"].items()}
-        book.history = {k: (array("q", [int(x) for x in st]), array("d", [float(x) for x in vs]))
-                        for k, (st, vs) in data["history"].items()}
+        book.history = {}
+        for key, (steps, values) in data["history"].items():
+            series = _series_of("q", steps, int), _series_of("d", values, float)
+            if len(series[0]) != len(series[1]):
+                raise ValueError(f"history of {key!r}: {len(series[0])} steps but {len(series[1])} values")
+            book.history[key] = series
         book.best = {k: (float(v), bool(h)) for k, (v, h) in data["best"].items()}
         # absent in snapshots written before values carried identities
         book.ids = {str(k): MetricId.from_dict(str(k), m) for k, m in data.get("ids", {}).items()}
         return book
+
+
+def _bytes_of(series: array[Any]) -> bytes:
+    """A typed array's items as little-endian bytes."""
+    if sys.byteorder == "little":
+        return series.tobytes()
+    swapped = array(series.typecode, series)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def _series_of(typecode: str, stored: Any, kind: type) -> array[Any]:
+    """Inverse of ``_bytes_of``, or of ``tolist()`` (JSON snapshots); ValueError if the bytes do not fit."""
+    if not isinstance(stored, bytes | bytearray):
+        return array(typecode, [kind(x) for x in stored])
+    series = array(typecode)
+    series.frombytes(stored)  # ValueError unless a whole number of items
+    if sys.byteorder != "little":
+        series.byteswap()
+    return series
 
 
 def _thin(steps: array[int], values: array[float]) -> None:

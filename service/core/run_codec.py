@@ -37,7 +37,7 @@ def state_to_dict(state: RunState, internal: bool) -> dict[str, Any]:
         "epochs": [[phase, epoch, acc.to_dict()] for (phase, epoch), acc in sorted(state.epochs.items())],
         "current": {k: t.to_dict() for k, t in state.current.items()},
         "higher_is_better": dict(state.higher_is_better),
-        "book": state.book.to_dict(),
+        "book": state.book.to_dict(binary=internal),
         "finished": state.finished,
         "last_window": None if state.last_window is None else [
             state.last_window[0], {k: [v, m.to_dict()] for k, (m, v) in state.last_window[1].items()}],
