@@ -394,15 +394,11 @@ def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: 
     rows = family_hits
     if len(having) < len(batches):  # only the samples of the batches that carry the family
         rows = rows[:, np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in having])]
-    owner = np.repeat(np.arange(len(having)), sizes[having])
-    cell = owner * labels + code
-    cells = len(having) * labels
-    sums = np.zeros((cells, cols.f_width), dtype=np.int64)
-    for column, row in enumerate(rows):  # counts as float64 weights: exact below 2**53 samples
-        sums[:, column] = np.bincount(cell, weights=row, minlength=cells)
-    sums[:, cols.f_n] = np.bincount(cell, minlength=cells)
-    tables = sums.reshape(len(having), labels, cols.f_width)
     bounds = np.concatenate([[0], np.cumsum(sizes[having])]).tolist()
+    if labels <= FEW_LABELS:
+        tables = _label_sums_by_mask(rows, code, labels, bounds[:-1], cols)
+    else:
+        tables = _label_sums_by_bincount(rows, code, labels, sizes[having], cols)
     for j, i in enumerate(having):
         stats = FamilyStats(tables[j], [0] * labels)
         losses = batches[i].sample_losses
@@ -410,6 +406,37 @@ def _add_family(accs: list[Accumulator], batches: Sequence[BatchEvent], family: 
             stats.loss_fx = fixed_sums_by_label(losses, code[bounds[j]:bounds[j + 1]], labels)
             stats.table[:, cols.f_loss_n] = stats.table[:, cols.f_n]
         accs[i].families[family] = stats
+
+
+#: up to this many labels a family's per-label sums take one mask a label and one ``reduceat``
+#: (a 20-row block: 53 vs 168 µs for 2 labels, 76 vs 140 µs for 3); more labels, one bincount a column
+FEW_LABELS = 3
+
+
+def _label_sums_by_mask(rows: np.ndarray, code: np.ndarray, labels: int, starts: list[int],
+                        cols: Columns) -> np.ndarray:
+    """[batches, labels, f_width]: each batch's (segments at ``starts``) sums of ``rows`` per label."""
+    count, samples = rows.shape
+    onehot = code == np.arange(labels)[:, None]  # [labels, samples]
+    both = (rows[None, :, :] & onehot[:, None, :]).reshape(labels * count, samples)
+    sums = np.add.reduceat(both, starts, axis=1, dtype=np.int64).reshape(labels, count, len(starts))
+    tables = np.zeros((len(starts), labels, cols.f_width), dtype=np.int64)
+    tables[:, :, :count] = sums.transpose(2, 0, 1)
+    tables[:, :, cols.f_n] = np.add.reduceat(onehot, starts, axis=1, dtype=np.int64).T
+    return tables
+
+
+def _label_sums_by_bincount(rows: np.ndarray, code: np.ndarray, labels: int, sizes: np.ndarray,
+                            cols: Columns) -> np.ndarray:
+    """As ``_label_sums_by_mask``, by one weighted bincount a row over (batch, label) cells."""
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    cell = owner * labels + code
+    cells = len(sizes) * labels
+    sums = np.zeros((cells, cols.f_width), dtype=np.int64)
+    for column, row in enumerate(rows):  # counts as float64 weights: exact below 2**53 samples
+        sums[:, column] = np.bincount(cell, weights=row, minlength=cells)
+    sums[:, cols.f_n] = np.bincount(cell, minlength=cells)
+    return sums.reshape(len(sizes), labels, cols.f_width)
 
 
 def _fixed_total(sizes: Sequence[int], means: Sequence[float]) -> int:

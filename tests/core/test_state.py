@@ -9,7 +9,7 @@ import pytest
 
 from client._wire import BatchEvent, TaskInfo
 from service.core.exact import fixed, fixed_sum, fixed_sums_by_label, ratio
-from service.core.state import Accumulator, Layout
+from service.core.state import Accumulator, Layout, _label_sums_by_bincount, _label_sums_by_mask
 from tests.conftest import TASKS, make_run, to_event
 from tests.reference import window_metrics
 
@@ -80,7 +80,8 @@ def test_exact_sums_are_exact() -> None:
     assert fixed_sum(values) == expected
     labels = rng.integers(0, 4, values.shape[0])
     by_label = fixed_sums_by_label(values, labels, 5)
-    assert by_label == [sum(fixed(v) for v, lab in zip(values.tolist(), labels.tolist()) if lab == k) for k in range(5)]
+    pairs = list(zip(values.tolist(), labels.tolist(), strict=True))
+    assert by_label == [sum(fixed(v) for v, lab in pairs if lab == k) for k in range(5)]
     assert ratio(fixed(0.1) * 3, 3) == 0.1
 
 
@@ -128,3 +129,24 @@ def test_tasks_with_fewer_than_three_classes_mix_k_within_a_delivery() -> None:
     c3 = sum(sum(int(y in row) for y, row in zip(b.targets["sex"].tolist(), b.topk["sex"].tolist(), strict=True))
              for b in batches)
     assert got[(None, None, "acc1_sex")] == 100 * c1 / 160 and got[(None, None, "acc3_sex")] == 100 * c3 / 160
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_per_label_sums_by_mask_and_by_bincount_equal_a_plain_loop(seed: int) -> None:
+    """The two ways a family's per-label sums are computed (few labels: masks; more: bincount)."""
+    rng = np.random.default_rng(seed)
+    cols = Layout([TaskInfo("a", 5), TaskInfo("b", 7)], {}).columns
+    labels = int(rng.integers(1, 7))
+    sizes = rng.integers(1, 40, int(rng.integers(1, 12)))
+    samples = int(sizes.sum())
+    rows = rng.random((len(cols.family_rows), samples)) < 0.4
+    code = rng.integers(0, labels, samples)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+    want = np.zeros((len(sizes), labels, cols.f_width), dtype=np.int64)
+    for b, (start, size) in enumerate(zip(starts, sizes.tolist(), strict=True)):
+        for i in range(start, start + size):
+            want[b, code[i], cols.f_n] += 1
+            for r in range(rows.shape[0]):
+                want[b, code[i], r] += int(rows[r, i])
+    assert np.array_equal(_label_sums_by_mask(rows, code, labels, starts, cols), want)
+    assert np.array_equal(_label_sums_by_bincount(rows, code, labels, sizes, cols), want)
