@@ -25,6 +25,7 @@ SCRIPTS = [
     ("client_ratio.py", ["--budget-s", "200"], 660),
     ("ingest.py", ["--budget-s", "300"], 420),
     ("requests.py", [], 180),
+    ("ranks1024.py", [], 400),
     ("memory.py", ["--budget-s", "200"], 300),
     ("freshness.py", ["--budget-s", "90"], 180),
     ("recovery.py", [], 420),
