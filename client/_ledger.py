@@ -46,6 +46,9 @@ class Counters:
         return out
 
 
+_DROP_KEYS = {reason: f"drop:{reason}" for reason in _DROP_HINTS}
+
+
 class LossLog:
     """Log lines about trouble, each kind once until ``forget``."""
 
@@ -66,8 +69,11 @@ class LossLog:
 
     def drop(self, reason: str) -> None:
         """The first drop of a reason: say why and where the rest is counted."""
+        key = _DROP_KEYS.get(reason) or f"drop:{reason}"
+        if key in self._logged:  # every later drop (each log_batch while the queue is full): nothing to build
+            return
         self.once(
-            f"drop:{reason}",
+            key,
             logging.WARNING,
             f"dropping metrics records: {_DROP_HINTS.get(reason, reason)}; further drops are "
             f"counted in stats()['dropped'][{reason!r}] and summarised at close",
