@@ -26,6 +26,7 @@ SCRIPTS = [
     ("ingest.py", ["--budget-s", "300"], 420),
     ("requests.py", [], 180),
     ("ranks1024.py", [], 400),
+    ("checkpoint_wait.py", [], 300),
     ("memory.py", ["--budget-s", "200"], 300),
     ("freshness.py", ["--budget-s", "90"], 180),
     ("recovery.py", [], 420),

@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from service.api import replicas
 from service.api.auth import BearerAuth
 from service.api.body_limit import BodyLimit
+from service.api.checkpoint_waits import CheckpointWaits
 from service.api.errors import install_error_handlers
 from service.api.fast_ingest import ROUTE_PATH, EventsFastPath, ingest_pool
 from service.api.readiness import Readiness, WriteGate
@@ -140,7 +141,8 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
         readiness: Readiness = app.state.readiness
         chosen = list(sinks) if sinks is not None else default_sinks(settings)
         store = app.state.store = _open_store(settings, readiness) if settings.durable else None
-        host = app.state.host = _make_host(settings, chosen, store, [app.state.stream, AlertLog()])
+        host = app.state.host = _make_host(settings, chosen, store,
+                                           [app.state.stream, AlertLog(), app.state.checkpoint_waits])
         app.state.ingest_pool = ingest_pool()
         app.state.telemetry.watch(host)
         readiness.quarantined = host.quarantined
@@ -177,6 +179,7 @@ def create_app(settings: Settings | None = None, sinks: Sequence[Sink] | None = 
     app.state.store = None
     app.state.telemetry = Telemetry()
     app.state.stream = StreamHub(settings.stream_buffer_events, settings.stream_reader_queue_events)
+    app.state.checkpoint_waits = CheckpointWaits()
     app.state.telemetry.watch_stream(app.state.stream)
     install_error_handlers(app)
     for module in (health, runs, ingest, metrics, snapshots, stream):

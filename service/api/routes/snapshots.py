@@ -5,40 +5,50 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import anyio
 from anyio import to_thread
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request, Response
 
+from service.api.checkpoint_waits import CheckpointWaits
 from service.api.deps import HostDep, SettingsDep
 from service.api.schemas import ERRORS, NAME, RestoreBody
 from service.core.errors import CheckpointPending
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["snapshots"], responses={**ERRORS, 408: ERRORS[409]})
-POLL_S = 0.02
 
 
 @router.get("/checkpoints/{checkpoint_id}")
 async def checkpoint(
     run_id: str,
     checkpoint_id: Annotated[str, Path(pattern=NAME)],
+    request: Request,
     host: HostDep,
     settings: SettingsDep,
     wait_s: Annotated[float, Query(ge=0, le=3600)] = 0.0,
-) -> dict[str, Any]:
+) -> Response:
     """The snapshot at checkpoint ``checkpoint_id`` once every rank's marker is in.
 
     Waits up to ``wait_s`` (capped by the ``checkpoint_wait_max_s`` setting), then
-    answers 408 naming the missing ranks.
+    answers 408 naming the missing ranks. A waiting request is woken when the cut is made
+    (``service.api.checkpoint_waits``), not by polling.
     """
     deadline = time.monotonic() + min(wait_s, settings.checkpoint_wait_max_s)
-    while True:
-        try:
-            return await to_thread.run_sync(host.checkpoint, run_id, checkpoint_id)
-        except CheckpointPending:
-            if time.monotonic() >= deadline:
-                raise
-        # the markers arrive through other requests; poll cheaply rather than hold a worker thread
-        await anyio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+    waits: CheckpointWaits = request.app.state.checkpoint_waits
+    waiter = waits.add(run_id, checkpoint_id)  # before the first check: a cut made after it wakes us
+    try:
+        while True:
+            try:
+                found = await to_thread.run_sync(host.checkpoint, run_id, checkpoint_id)
+                body = waits.cached(run_id, checkpoint_id, found)  # every rank asks for the same snapshot
+                if body is None:
+                    body = await to_thread.run_sync(waits.encoded, run_id, checkpoint_id, found)
+                return Response(body, media_type="application/json")
+            except CheckpointPending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+            await waiter.wait(left)
+    finally:
+        waits.remove(waiter)
 
 
 @router.get("/snapshot")
