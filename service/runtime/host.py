@@ -410,6 +410,17 @@ class RunHost:
                 found = run.checkpoint(checkpoint_id)
         return found
 
+    def cut_checkpoint(self, run_id: str, checkpoint_id: str) -> dict[str, Any] | None:
+        """The checkpoint if this process holds the run, has cut it and the run's lock is free at
+        once (callable on the event loop: it never waits); None: ask ``checkpoint``."""
+        run = self._runs.get(run_id)
+        if run is None or not run.lock.acquire(blocking=False):
+            return None
+        try:
+            return run.checkpoints.get(checkpoint_id)
+        finally:
+            run.lock.release()
+
     def snapshot(self, run_id: str) -> dict[str, Any]:
         """A snapshot cut at every rank's current position."""
         run = self.get(run_id)

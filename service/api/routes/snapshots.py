@@ -36,17 +36,22 @@ async def checkpoint(
     waiter = waits.add(run_id, checkpoint_id)  # before the first check: a cut made after it wakes us
     try:
         while True:
-            try:
-                found = await to_thread.run_sync(host.checkpoint, run_id, checkpoint_id)
-                body = waits.cached(run_id, checkpoint_id, found)  # every rank asks for the same snapshot
-                if body is None:
-                    body = await to_thread.run_sync(waits.encoded, run_id, checkpoint_id, found)
-                return Response(body, media_type="application/json")
-            except CheckpointPending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise
-            await waiter.wait(left)
+            # woken by the cut, every rank asks at once: answer from memory on the event loop when the
+            # run's lock is free (no thread hop each), else through a worker thread (store reads, waits)
+            found = host.cut_checkpoint(run_id, checkpoint_id)
+            if found is None:
+                try:
+                    found = await to_thread.run_sync(host.checkpoint, run_id, checkpoint_id)
+                except CheckpointPending:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise
+                    await waiter.wait(left)
+                    continue
+            body = waits.cached(run_id, checkpoint_id, found)  # the same snapshot's JSON for every rank
+            if body is None:
+                body = await to_thread.run_sync(waits.encoded, run_id, checkpoint_id, found)
+            return Response(body, media_type="application/json")
     finally:
         waits.remove(waiter)
 
