@@ -102,3 +102,11 @@ async def test_a_waiter_times_out_with_408_naming_the_missing_ranks(settings: Se
         reply = await api.get("/v1/runs/r/checkpoints/c3", params={"wait_s": 0.2})
         assert reply.status_code == 408 and reply.json()["missing_ranks"] == [1]
         assert app.state.checkpoint_waits.waiting == 0
+
+
+def test_waking_a_waiter_whose_loop_is_closed_does_nothing() -> None:
+    """Dispatch threads may notify while the service shuts down: a listener must not raise."""
+    loop = asyncio.new_event_loop()
+    waiter = checkpoint_waits.Waiter("r", "c", loop)
+    loop.close()
+    waiter.wake()  # no RuntimeError
