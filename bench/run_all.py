@@ -23,6 +23,7 @@ RESULTS = HERE / "results" / "latest.txt"
 SCRIPTS = [
     ("client_cost.py", ["--budget-s", "260"], 420),
     ("client_ratio.py", ["--budget-s", "200"], 660),
+    ("client_cold.py", [], 300),
     ("ingest.py", ["--budget-s", "300"], 420),
     ("requests.py", [], 180),
     ("ranks1024.py", [], 400),
