@@ -68,7 +68,7 @@ class MetricsClient:
         url: the service root, e.g. ``"http://metrics:8000"`` (or a router in front of replicas),
             or a list of replica roots (also as one string separated by commas): writes go to
             the run's owner, found by following the replicas' 307 answers.
-        run_id: the run, ``[A-Za-z0-9._-]{1,128}``.
+        run_id: the run (letters, digits, ``.``, ``_``, ``-``; the rule is ``client._rules.check_run_id``).
         rank: this process's rank in ``[0, world_size)``.
         world_size: number of ranks reporting to the run.
         tasks: ``{name: num_classes}`` (null class 0) or a list of
