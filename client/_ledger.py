@@ -46,9 +46,6 @@ class Counters:
         return out
 
 
-_DROP_KEYS = {reason: f"drop:{reason}" for reason in _DROP_HINTS}
-
-
 class LossLog:
     """Log lines about trouble, each kind once until ``forget``."""
 
@@ -69,8 +66,8 @@ class LossLog:
 
     def drop(self, reason: str) -> None:
         """The first drop of a reason: say why and where the rest is counted."""
-        key = _DROP_KEYS.get(reason) or f"drop:{reason}"
-        if key in self._logged:  # every later drop (each log_batch while the queue is full): nothing to build
+        key = f"drop:{reason}"
+        if key in self._logged:  # every later drop (each log_batch while the queue is full): no message to build
             return
         self.once(
             key,
