@@ -7,6 +7,7 @@ in count; the scripts add a wall-clock budget on top.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -67,6 +68,21 @@ def print_header(title: str, extra: Iterable[str] = ()) -> None:
 
 
 # ---------------------------------------------------------------- processes
+
+
+def fresh_runs(script: str, child_args: Sequence[str], runs: int, timeout_s: float) -> list[dict[str, Any]]:
+    """Run ``script --child *child_args`` in ``runs`` fresh processes, one after another; each prints its
+    figures as one JSON line last. A failed run prints its stderr tail and exits with its status."""
+    results = []
+    for run in range(runs):
+        cmd = [sys.executable, script, "--child", *child_args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(proc.returncode)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"[run {run + 1}/{runs} done]", file=sys.stderr, flush=True)
+    return results
 
 
 def exit_on_sigterm() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,16 +72,8 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.rounds, args.block, args.pollute_mib)))
         return 0
-    results = []
-    for run in range(args.runs):
-        cmd = [sys.executable, __file__, "--child", "--rounds", str(args.rounds), "--block", str(args.block),
-               "--pollute-mib", str(args.pollute_mib)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return proc.returncode
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"[run {run + 1}/{args.runs} done]", file=sys.stderr, flush=True)
+    results = c.fresh_runs(__file__, ["--rounds", str(args.rounds), "--block", str(args.block),
+                                      "--pollute-mib", str(args.pollute_mib)], args.runs, 600)
     c.print_header("client_cold: log_batch next to wandb.log, each call after a pass over "
                    f"{args.pollute_mib} MiB (a training step's memory traffic)",
                    [f"{args.runs} fresh processes; {args.rounds} rounds of alternating blocks of {args.block} calls, "

@@ -29,7 +29,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -214,15 +213,7 @@ def timed_rounds(who: Contenders, rounds: int, calls: int) -> dict[str, Any]:
 
 
 def parent(runs: int, rounds: int, calls: int, budget_s: float) -> int:
-    results = []
-    for run in range(runs):
-        cmd = [sys.executable, __file__, "--child", "--rounds", str(rounds), "--block", str(calls)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget_s, check=False)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return proc.returncode
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"[run {run + 1}/{runs} done]", file=sys.stderr, flush=True)
+    results = c.fresh_runs(__file__, ["--rounds", str(rounds), "--block", str(calls)], runs, budget_s)
     report(results, rounds, calls)
     return 0
 
