@@ -1,8 +1,9 @@
 """The common case of ``log_batch``, checked with as little work on the training thread as possible.
 
 numpy integer arrays for every task, str label lists: one concatenation copies every
-array (callers reuse their buffers) and one comparison against cached bounds checks every
-class index at once; the shapes and dtypes of a batch are checked once per layout and
+array (callers reuse their buffers) and one ``maximum.reduceat`` over its unsigned view
+gives each array's largest index (a negative one wraps past every limit), compared with
+the task's class count; the shapes and dtypes of a batch are checked once per layout and
 then looked up. Label lists are only checked against the names already seen and kept as
 a tuple (no list for the garbage collector to walk while the record waits in the queue);
 their dictionary encoding is left to the sender thread (``encode_labels``). numpy str
@@ -50,15 +51,17 @@ _SHAPE_AND_DTYPE = operator.attrgetter("shape", "dtype")
 class _Layout:
     """Where each task's arrays lie in the concatenated buffer, and their bounds."""
 
-    __slots__ = ("bound", "dtype", "ks", "names", "size", "slices", "task_ks")
+    __slots__ = ("dtype", "ks", "length", "limits", "names", "size", "slices", "starts", "task_ks")
 
     def __init__(self, names: Sequence[str], size: int, ks: Sequence[int], limits: Sequence[int]) -> None:
         self.names, self.size, self.ks = list(names), size, tuple(ks)
         self.task_ks = tuple(sorted(zip(self.names, self.ks, strict=True)))  # part of the merge key
         self.dtype = index_type(max(limits))  # what the checked buffer is kept as while it waits
         counts = [size] * len(ks) + [size * k for k in ks]
-        self.bound = np.repeat(np.array([*limits, *limits], dtype=np.uint64), counts)
+        self.limits = [*limits, *limits]  # each segment's class count: its indices lie in [0, limit)
         ends = np.cumsum(counts).tolist()
+        self.length = ends[-1]  # indices in the concatenated buffer
+        self.starts = np.array([0, *ends[:-1]], dtype=np.intp)  # each segment's start, for one reduceat
         shapes = [None] * len(ks) + [(size, k) for k in ks]
         self.slices = [(slice(end - n, end), shape) for end, n, shape in zip(ends, counts, shapes, strict=True)]
 
@@ -171,21 +174,26 @@ class FastBatches:
         layout = self._layouts.get(key) or self._new_layout(key)
         if layout is None:
             return None
-        flat, over = self._scratch(layout)  # this thread's buffers: no allocation, no page to touch anew
+        flat, unsigned = self._scratch(layout)  # this thread's buffer: no allocation, no page to touch anew
         np.concatenate(arrays, axis=None, out=flat)  # the layout checked every dtype casts safely to int64
-        if np.count_nonzero(np.greater_equal(flat.view(np.uint64), layout.bound, out=over)):  # negatives wrap
+        # each segment's largest index, unsigned: a negative index wraps past every limit
+        if any(map(operator.ge, np.maximum.reduceat(unsigned, layout.starts).tolist(), layout.limits)):
             return None
         # a quarter of the bytes to hold until the service has them (the int64 buffer is reused at once)
         return layout, flat.astype(layout.dtype)
 
     def _scratch(self, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
-        """The calling thread's int64 and bool buffers for ``layout`` (threads may log at once)."""
-        buffers: dict[int, tuple[np.ndarray, np.ndarray]] = self._buffers.__dict__.setdefault("by_layout", {})
+        """The calling thread's int64 buffer for ``layout`` and its uint64 view (threads may log at once)."""
+        try:
+            buffers: dict[int, tuple[np.ndarray, np.ndarray]] = self._buffers.by_layout
+        except AttributeError:
+            buffers = self._buffers.by_layout = {}
         found = buffers.get(id(layout))
-        if found is None or found[0].shape != layout.bound.shape:
+        if found is None or len(found[0]) != layout.length:
             if len(buffers) >= MAX_LAYOUTS:
                 buffers.clear()
-            found = buffers[id(layout)] = (np.empty(layout.bound.shape, np.int64), np.empty(layout.bound.shape, bool))
+            flat = np.empty(layout.length, np.int64)
+            found = buffers[id(layout)] = (flat, flat.view(np.uint64))
         return found
 
     def _new_layout(self, key: tuple[Any, ...]) -> _Layout | None:

@@ -76,6 +76,34 @@ def test_anything_unusual_is_left_to_the_thorough_path(damage) -> None:  # type:
                                     args["topk"], args["subsets"]) is None
 
 
+@pytest.mark.parametrize("where", [(kind, t.name) for kind in ("targets", "topk") for t in TASKS])
+def test_each_array_is_range_checked_against_its_own_task(where: tuple[str, str]) -> None:
+    """One index out of range in any one array (first or last element, or anywhere) is declined; the
+    largest valid index in every array is accepted (the check must not shift from one array to the next)."""
+    kind, name = where
+    limits = {t.name: t.num_classes for t in TASKS}
+    rng = np.random.default_rng(sum(map(ord, kind + name)))
+    fast = FastBatches(TASKS)
+    for bad in (limits[name], -1, limits[name] + 10**6, -(2**62)):
+        for position in ("first", "last", "random"):
+            args = _inputs(rng, 7)
+            array = args[kind][name].reshape(-1)
+            at = {"first": 0, "last": array.size - 1, "random": int(rng.integers(array.size))}[position]
+            array[at] = bad
+            assert fast.build(1, 0, "train", 0.0, None, None, args["targets"], args["topk"], None) is None, \
+                (bad, position)
+    args = _inputs(rng, 7)
+    for group in (args["targets"], args["topk"]):
+        for task, array in group.items():
+            array.reshape(-1)[int(rng.integers(array.size))] = limits[task] - 1
+    packed = fast.build(1, 0, "train", 0.0, None, None, args["targets"], args["topk"], None)
+    assert packed is not None
+    event = packed.unpack()
+    for task in limits:
+        assert np.array_equal(event.targets[task], args["targets"][task])
+        assert np.array_equal(event.topk[task], args["topk"][task])
+
+
 def test_numpy_label_arrays_take_the_fast_path_and_equal_the_thorough_one() -> None:
     rng = np.random.default_rng(9)
     args = _inputs(rng, 40)
