@@ -268,7 +268,8 @@ class MetricsClient:
             event = self._thorough(step, epoch, phase, now, loss, task_losses, targets, topk, logits, subsets,
                                    sample_losses)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()
             self._progress.check_batch(phase, epoch, step)
             self._worker.put(event)
 

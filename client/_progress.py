@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from client._checkpoint import RankPosition
 from client._errors import InvalidRecord, StepAlreadyCompleted
@@ -22,14 +21,23 @@ from client._wire import TRAIN_PHASE
 class RankProgress:
     """Steps, epochs and metric directions this rank has reported (not thread-safe)."""
 
-    last_step: int = -1
-    completed: int = -1
+    steps: RankSteps = field(default_factory=RankSteps)
     ended: dict[str, set[int]] = field(default_factory=dict)
     directions: dict[str, bool] = field(default_factory=dict)
 
+    @property
+    def last_step(self) -> int:
+        """The largest train step logged, -1 before any."""
+        return self.steps.last_step
+
+    @property
+    def completed(self) -> int:
+        """The train step this rank has completed through, -1 before any."""
+        return self.steps.completed
+
     def check_batch(self, phase: str, epoch: int, step: int) -> None:
         """Raise if a batch of ``phase``/``epoch`` at ``step`` is refused; else record it."""
-        if epoch in self.ended.get(phase, ()):
+        if self.ended and epoch in self.ended.get(phase, ()):
             raise InvalidRecord(f"epoch: this rank already ended {phase} epoch {epoch}")
         if phase == TRAIN_PHASE:
             self.see_train_step(step)
@@ -47,31 +55,27 @@ class RankProgress:
 
     def see_train_step(self, step: int) -> None:
         """A train record at ``step``: it completes every earlier step."""
-        if RankSteps(self.last_step, self.completed).has_completed(step):
+        if self.steps.has_completed(step):
             raise StepAlreadyCompleted(
                 f"step: step {step} was already completed by this rank (completed through "
-                f"step {self.completed}); flush() and state_dict() complete the last logged "
+                f"step {self.steps.completed}); flush() and state_dict() complete the last logged "
                 "step, so call them after a step's last record"
             )
-        self._move(train_step=step)
+        self.steps = completed_after(self.steps, train_step=step)
 
     def end_epoch(self, phase: str, epoch: int) -> None:
         """The rank ended ``epoch`` of ``phase``; a train epoch completes the last step."""
         self.ended.setdefault(phase, set()).add(epoch)
-        self._move(end_train_epoch=phase == TRAIN_PHASE)
+        self.steps = completed_after(self.steps, end_train_epoch=phase == TRAIN_PHASE)
 
     def complete(self) -> int | None:
         """Complete through the last logged step; returns it, or None if nothing was open."""
-        if self.last_step <= self.completed:
+        if self.steps.last_step <= self.steps.completed:
             return None
-        self._move(through_step=self.last_step)
-        return self.completed
-
-    def _move(self, **record: Any) -> None:
-        moved = completed_after(RankSteps(self.last_step, self.completed), **record)
-        self.last_step, self.completed = moved.last_step, moved.completed
+        self.steps = completed_after(self.steps, through_step=self.steps.last_step)
+        return self.steps.completed
 
     def reset(self, position: RankPosition) -> None:
         """Go back to a cut (``load_state_dict``); directions declared so far stay."""
-        self.last_step, self.completed = position.last_step, position.completed
+        self.steps = RankSteps(position.last_step, position.completed)
         self.ended = {phase: set(epochs) for phase, epochs in position.ended.items()}

@@ -99,12 +99,12 @@ class EventQueue:
         self._dirty: deque[Key] = deque()  # groups that may merge, in the order they became so
         self._dirty_set: set[Key] = set()
         self._linking = False
-        self._live = 0
+        self.live = 0  # queued records, a merged one counting once (len(queue) without a call)
         self._records = 0
         self._barriers = 0
 
     def __len__(self) -> int:
-        return self._live
+        return self.live
 
     @property
     def records(self) -> int:
@@ -113,9 +113,9 @@ class EventQueue:
 
     def put(self, event: Record) -> Admission:
         """Queue ``event``, merging or dropping data records when full."""
-        if self._live < self.max_items:
+        if self.live < self.max_items:
             self._append(_entry(event, self._barriers))
-            if 2 * self._live >= self.max_items:
+            if 2 * self.live >= self.max_items:
                 self._link_some(LINKS_PER_PUT)
             return _ADMITTED
         self._link_some(len(self._unlinked))
@@ -126,7 +126,7 @@ class EventQueue:
                 return Admission(coalesced=1)
         coalesced = self._compact_until_room()
         dropped = 0
-        if self._live >= self.max_items:
+        if self.live >= self.max_items:
             dropped = self._drop_oldest_data()
             if not dropped and not entry.control:
                 return Admission(coalesced, dropped=1)  # only control records queued
@@ -158,7 +158,7 @@ class EventQueue:
     def _append(self, entry: _Entry) -> None:
         self._barriers += entry.control
         self._entries.append(entry)
-        self._live += 1
+        self.live += 1
         self._records += 1
         if entry.control:
             return
@@ -203,7 +203,7 @@ class EventQueue:
     def _compact_until_room(self) -> int:
         """Merge dirty groups, oldest first, until one slot is free or none is left."""
         merged = 0
-        while self._dirty and self._live >= self.max_items:
+        while self._dirty and self.live >= self.max_items:
             key = self._dirty.popleft()
             self._dirty_set.discard(key)
             group = self._groups.get(key)
@@ -221,7 +221,7 @@ class EventQueue:
                 continue
             target.take_in(entry)
             entry.alive, entry.parts = False, []
-            self._live -= 1
+            self.live -= 1
         group.entries, group.clean = kept, len(kept)
         return len(entries) - len(kept)
 
@@ -239,9 +239,9 @@ class EventQueue:
 
     def _forget(self, entry: _Entry) -> None:
         """Unlink a live entry that leaves the queue (it is the oldest of its key)."""
-        self._live -= 1
+        self.live -= 1
         self._records -= len(entry.parts)
-        if not self._live:  # drained: back to plain appends (dead entries are left to skip)
+        if not self.live:  # drained: back to plain appends (dead entries are left to skip)
             self._reset_index()
             return
         if entry.control:
@@ -272,7 +272,7 @@ class EventQueue:
         entries = self._entries
         while entries and not entries[0].alive:
             entries.popleft()
-        if len(entries) > 2 * self._live + 16:
+        if len(entries) > 2 * self.live + 16:
             self._entries = deque(e for e in entries if e.alive)
-        if len(self._data) > 2 * self._live + 16:
+        if len(self._data) > 2 * self.live + 16:
             self._data = deque(e for e in self._data if e.alive)

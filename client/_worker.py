@@ -146,7 +146,8 @@ class Worker:
     def put(self, event: Record) -> None:
         """Queue a record; O(1) unless the queue is full. Never blocks on the network."""
         with self._lock:
-            self._start_if_lazy()
+            if self._thread is None:
+                self._start_if_lazy()
             self._stats.queued += 1
             reason = _STATE_DROP_REASON.get(self._state)
             if reason is None:
@@ -157,7 +158,7 @@ class Worker:
                     self._stats.dropped["queue_full"] += admission.dropped
             else:
                 self._stats.dropped[reason] += 1
-            full = len(self._queue) >= self._cfg.max_batch_events
+            full = self._queue.live >= self._cfg.max_batch_events
         if full and not self._wake.is_set():  # while the sender catches up, do not signal it every call
             self._wake.set()
         if reason is not None:
