@@ -34,10 +34,12 @@ class Vocabulary(tuple[str, ...]):
 class _Table:
     """Codes of the known labels that fit in one array width: a character lookup, then an exact check."""
 
-    __slots__ = ("columns", "fixed", "lut", "width")
+    __slots__ = ("columns", "fixed", "lut", "rows", "width")
 
     def __init__(self, width: int, columns: tuple[int, ...], lut: np.ndarray, fixed: np.ndarray) -> None:
         self.width, self.columns, self.lut, self.fixed = width, columns, lut, fixed
+        # the same labels as opaque rows of bytes: numpy takes them by a plain copy (a str take converts each)
+        self.rows = fixed.view(np.dtype((np.void, fixed.itemsize)))
 
     @classmethod
     def build(cls, vocabulary: Vocabulary, width: int) -> _Table | None:
@@ -65,7 +67,7 @@ class _Table:
             codes = self.lut.take(first, mode="clip")
         else:
             codes = self.lut.take(first * ASCII + chars[self.columns[1]::self.width], mode="clip")
-        return codes if self.fixed.take(codes).tobytes() == array.tobytes() else None
+        return codes if self.rows.take(codes).tobytes() == array.tobytes() else None
 
 
 def _distinguishing(chars: np.ndarray) -> tuple[int, ...] | None:
