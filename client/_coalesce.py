@@ -43,7 +43,7 @@ def coalesce_key(event: Record, barrier: int) -> Key | None:
     """The merge key of a data record, or None for control records (never merged)."""
     if isinstance(event, ScalarEvent):
         return (event.kind, barrier, event.step)
-    if not isinstance(event, BatchEvent | PackedBatch):
+    if type(event) is not PackedBatch and not isinstance(event, BatchEvent):
         return None
     return ("batch", barrier, event.step, event.epoch, event.phase, *shape_key(event))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from client._coalesce import Key, coalesce_key, record_nbytes, record_samples
 from client._fastpath import PackedBatch, Record
@@ -55,7 +56,6 @@ def _entry(event: Record, barrier: int) -> _Entry:
     return _Entry(record_nbytes(event), record_samples(event), [event], barrier, control)
 
 
-@dataclass(eq=False, slots=True)
 class _Group:
     """The queued records of one key, oldest first.
 
@@ -63,12 +63,14 @@ class _Group:
     the last of them can still grow, so compaction resumes at ``clean``.
     """
 
-    entries: list[_Entry] = field(default_factory=list)
-    clean: int = 0
+    __slots__ = ("clean", "entries")
+
+    def __init__(self) -> None:
+        self.entries: list[_Entry] = []
+        self.clean = 0
 
 
-@dataclass(frozen=True)
-class Admission:
+class Admission(NamedTuple):
     """What putting one record did: records merged away and records dropped for room."""
 
     coalesced: int = 0
@@ -76,6 +78,7 @@ class Admission:
 
 
 _ADMITTED = Admission()
+_DROPPED_ONE = Admission(dropped=1)  # the usual put into a full queue: the oldest record goes
 
 
 class EventQueue:
@@ -132,7 +135,7 @@ class EventQueue:
                 return Admission(coalesced, dropped=1)  # only control records queued
         self._append(entry)
         self._sweep()
-        return Admission(coalesced, dropped)
+        return _DROPPED_ONE if not coalesced and dropped == 1 else Admission(coalesced, dropped)
 
     def take(self, max_events: int, max_bytes: int) -> list[list[Record]]:
         """Remove up to ``max_events`` records (at least one if any) of about ``max_bytes``."""
