@@ -24,6 +24,7 @@ SCRIPTS = [
     ("client_cost.py", ["--budget-s", "260"], 420),
     ("client_ratio.py", ["--budget-s", "200"], 660),
     ("client_cold.py", [], 300),
+    ("client_instructions.py", [], 900),
     ("ingest.py", ["--budget-s", "300"], 420),
     ("requests.py", [], 180),
     ("ranks1024.py", [], 400),
