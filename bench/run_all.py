@@ -25,6 +25,7 @@ SCRIPTS = [
     ("client_ratio.py", ["--budget-s", "200"], 660),
     ("client_cold.py", [], 300),
     ("client_instructions.py", [], 900),
+    ("client_stats.py", [], 300),
     ("ingest.py", ["--budget-s", "300"], 420),
     ("requests.py", [], 180),
     ("ranks1024.py", [], 400),
