@@ -36,7 +36,9 @@ class RankState:
     def advance(self, event: Event) -> None:
         """Move this rank's position past ``event``."""
         if (isinstance(event, BatchEvent) and event.phase == TRAIN_PHASE) or isinstance(event, ScalarEvent):
-            self._move(train_step=event.step)
+            # the common case, once a record on check and twice on apply: no keyword dict, no extra frame
+            self.last_step, self.completed = completed_after(RankSteps(self.last_step, self.completed),
+                                                             train_step=event.step)
         elif isinstance(event, EndEpochEvent):
             self.ended.setdefault(event.phase, set()).add(event.epoch)
             self._move(end_train_epoch=event.phase == TRAIN_PHASE)
