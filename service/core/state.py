@@ -430,8 +430,9 @@ def _segment_sums(flags: Any, starts: Any) -> np.ndarray:
     """[rows, segments]: how many of each row's flags are set in each segment (a segment starts at
     each of ``starts`` and ends at the next one).
 
-    The flags are read as bytes and summed in int32: exact, since a segment is one record and a
-    record holds at most 65,536 samples, and ~40 % faster than a bool reduction cast to int64.
+    The flags are read as bytes and summed in int32: exact, since a segment is one record, far
+    fewer than 2**31 samples (65,536 at most by default), and ~40 % faster than a bool reduction
+    cast to int64.
     """
     return np.add.reduceat(np.ascontiguousarray(flags).view(np.uint8), starts, axis=1, dtype=np.int32)
 
