@@ -9,7 +9,7 @@ import pytest
 
 from client._wire import BatchEvent, TaskInfo
 from service.core.exact import fixed, fixed_sum, fixed_sums_by_label, ratio
-from service.core.state import Accumulator, Layout, _label_sums_by_bincount, _label_sums_by_mask
+from service.core.state import Accumulator, Layout, _label_sums_by_bincount, _label_sums_by_mask, _segment_sums
 from tests.conftest import TASKS, make_run, to_event
 from tests.reference import window_metrics
 
@@ -150,3 +150,18 @@ def test_per_label_sums_by_mask_and_by_bincount_equal_a_plain_loop(seed: int) ->
                 want[b, code[i], r] += int(rows[r, i])
     assert np.array_equal(_label_sums_by_mask(rows, code, labels, starts, cols), want)
     assert np.array_equal(_label_sums_by_bincount(rows, code, labels, sizes, cols), want)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_segment_sums_count_set_flags_per_segment_past_every_small_integer_type(seed: int) -> None:
+    """Flags summed as bytes in int32 equal a plain count, with segments longer than 255 and 65,535 flags
+    (a narrow accumulator would wrap) and segments of one."""
+    rng = np.random.default_rng(seed)
+    sizes = [1, 300, 70_000, *rng.integers(1, 600, 5).tolist()]
+    rng.shuffle(sizes)
+    flags = rng.random((3, sum(sizes))) < 0.97
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    got = _segment_sums(flags, starts)
+    for row in range(flags.shape[0]):
+        for segment, (start, size) in enumerate(zip(starts.tolist(), sizes, strict=True)):
+            assert got[row, segment] == sum(1 for i in range(start, start + size) if flags[row, i])
