@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -93,7 +94,7 @@ def main() -> int:
     trees: list[tuple[str, dict[str, str]]] = [("this tree", {})]
     if args.compare_tree is not None:
         trees.append((f"{args.compare_tree}", {"PYTHONPATH": str(args.compare_tree.resolve())}))
-    rows = []
+    rows: list[list[Any]] = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         for round_ in range(args.rounds):
             for name, env in trees:

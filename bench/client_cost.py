@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -258,14 +259,14 @@ def run(tmp: Path, calls: int, budget: c.Budget) -> int:
         # session and connection open; the process's allocator stops returning the queue's memory to the
         # OS between rounds, which it does at first and which costs page faults on every call)
         for form in FAST_FORMS:
-            time_calls(lambda i, f=form: lin.call(i, f), calls, WARMUP, budget, budget.seconds / 16)
+            time_calls(functools.partial(lin.call, form=form), calls, WARMUP, budget, budget.seconds / 16)
             lin.flush()
         share = budget.seconds / 8
         for form, label in (("topk", TOPK_ROW), ("labels-np", "log_batch topk=, labels as numpy str"),
                             ("bare", "log_batch topk=, no subsets"),
                             ("numpy", "log_batch logits= numpy f32"),
                             ("torch", "log_batch logits= torch f32")):
-            results[label] = time_calls(lambda i, f=form: lin.call(i, f), calls, WARMUP, budget, share)
+            results[label] = time_calls(functools.partial(lin.call, form=form), calls, WARMUP, budget, share)
             progress(f"{label}: {len(results[label])} calls", budget)
             lin.client.flush(timeout_s=min(120.0, max(budget.left(), 10.0)))  # not timed: next form starts clean
             progress(f"{label}: flushed", budget)

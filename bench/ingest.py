@@ -325,7 +325,7 @@ def report(outcomes: list[Outcome], batches: int, repeats: int, kernel_best: flo
                     "POST latency pooled over all runs",
                     f"numpy kernel baseline (in-process, same data): {kernel_median:,.0f} samples/s median of 5 "
                     f"(best {kernel_best:,.0f}); {kernel_cpu:,.0f} samples per CPU-second (median)"])
-    rows = []
+    rows: list[list[Any]] = []
     for o in outcomes:
         if o.error:
             rows.append([o.variant.name, *(["n/a"] * 11)])
@@ -346,14 +346,13 @@ def report(outcomes: list[Outcome], batches: int, repeats: int, kernel_best: flo
     base = by.get(VARIANTS[0].name)
     print("\ncomparisons:")
     for other in VARIANTS[1:]:
-        o = by.get(other.name)
-        if base and o:
-            print(f"  {other.name} vs {VARIANTS[0].name}: samples/s {c.ratio(o.samples_per_s, base.samples_per_s)}, "
-                  f"POST p50 {c.ratio(o.p50_ms, base.p50_ms)}, POST p99 {c.ratio(o.p99_ms, base.p99_ms)}")
+        compared = by.get(other.name)
+        if base and compared:
+            print(f"  {other.name} vs {VARIANTS[0].name}: "
+                  f"samples/s {c.ratio(compared.samples_per_s, base.samples_per_s)}, "
+                  f"POST p50 {c.ratio(compared.p50_ms, base.p50_ms)}, POST p99 {c.ratio(compared.p99_ms, base.p99_ms)}")
     print("\ntargets (issue 17):")
-    for o in (by.get(VARIANTS[0].name), by.get(VARIANTS[1].name)):
-        if o is None:
-            continue
+    for o in [v for v in (by.get(VARIANTS[0].name), by.get(VARIANTS[1].name)) if v is not None]:
         r = o.samples_per_s / kernel_median
         print(f"  ingest ({o.variant.name}) >= 0.3x kernel (goal 0.5x): {r:.3f}x -> {c.verdict(r >= 0.3)}"
               f"{' (goal met)' if r >= 0.5 else ''}")

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -36,7 +37,7 @@ import httpx
 import requests as per_request
 
 from client._coalesce import encode_delivery
-from client._fastpath import FastBatches
+from client._fastpath import FastBatches, Record
 from client._spec import default_flush_interval
 from client._wire import MSGPACK_TYPE, TaskInfo, index_type, pack_body
 
@@ -58,7 +59,7 @@ class Deliveries:
         for k in range(self.steps // self.records):  # k-th delivery of every rank, ranks interleaved
             for rank, session in enumerate(self.sessions):
                 first = k * self.records + 1
-                parts = []
+                parts: list[list[Record]] = []
                 for step in range(first, first + self.records):
                     b = self.pool[(rank + step) % len(self.pool)]
                     record = self.fast.build(step, 0, "train", 1_000.0 + step / STEPS_PER_S, b.loss, b.task_losses,
@@ -137,7 +138,7 @@ def main() -> int:
                     "4 tasks 50/500/2k/10k classes, top-3, subsets rarity x3 + mask x2; default schedule (step windows "
                     "every 100 steps); SQLite FULL; deliveries encoded by the client's sender code",
                     "command: .venv/bin/python bench/ranks1024.py " + " ".join(sys.argv[1:])])
-    rows = []
+    rows: list[list[Any]] = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         for name, every, seconds in ((f"default ({interval:g} s)", records, args.seconds),
                                      ("fixed 0.2 s", 1, args.old_seconds)):

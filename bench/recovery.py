@@ -38,6 +38,7 @@ import numpy as np
 
 from client._wire import BatchEvent, CompleteEvent, EndEpochEvent, Event, ScalarEvent
 from service.runtime.host import RunHost
+from service.storage.base import StoredRun
 from service.storage.sqlite import SqliteStore
 
 RUN_ID = "issue5"
@@ -157,8 +158,19 @@ class TeeStore:
         self.primary.delete_run(run_id)
         self.journal.delete_run(run_id)
 
+    def load(self) -> Iterator[StoredRun]:
+        return self.primary.load()
 
-def feed_both(steps: int, tmp: Path) -> tuple[dict[str, Any], dict[float, Path], dict[str, Any]]:
+    def probe(self) -> None:
+        self.primary.probe()
+        self.journal.probe()
+
+    def close(self) -> None:
+        self.primary.close()
+        self.journal.close()
+
+
+def feed_both(steps: int, tmp: Path) -> tuple[dict[str, Any], dict[int, Path], dict[str, Any]]:
     """Feed the run once (images every 5,000 events, journal teed); returns figures, stores, metrics."""
     paths = {DEFAULT_IMAGES: tmp / "images" / "metrics.sqlite3", NO_IMAGES: tmp / "journal" / "metrics.sqlite3"}
     tee = TeeStore(SqliteStore(paths[DEFAULT_IMAGES], "FULL"), SqliteStore(paths[NO_IMAGES], "FULL"))
@@ -181,8 +193,7 @@ def feed_both(steps: int, tmp: Path) -> tuple[dict[str, Any], dict[float, Path],
     out["sqlite_live"] = {k: file_bytes(p) for k, p in paths.items()}
     expected = host.metrics(RUN_ID)
     out["keys"] = len(expected["metrics"])
-    tee.primary.close()
-    tee.journal.close()
+    tee.close()
     out["sqlite_closed"] = {k: file_bytes(p) for k, p in paths.items()}
     return out, paths, expected
 

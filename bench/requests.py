@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 
 from client._coalesce import encode_delivery
-from client._fastpath import FastBatches
+from client._fastpath import FastBatches, Record
 from client._spec import default_flush_interval
 from client._wire import MSGPACK_TYPE, TaskInfo, index_type, pack_body
 
@@ -68,7 +68,7 @@ def bodies(session: str, records: int, count: int, first_seq: int, first_step: i
     pool = c.batch_pool(seed=7, count=8, tasks=c.TASKS4, size=256)
     out, step, seq = [], first_step, first_seq
     for _ in range(count):
-        parts = []
+        parts: list[list[Record]] = []
         for _ in range(records):
             b = pool[step % len(pool)]
             record = fast.build(step, 0, "train", 1_000.0 + step, b.loss, b.task_losses, b.targets, b.topk,

@@ -113,7 +113,11 @@ def scenario(name: str, url: str, run_id: str, bodies: list[bytes], steps: int) 
         cleanup = sock.close
     elif name == "4 live readers":
         threads = live_readers(url, run_id, 4, stop)
-        cleanup = lambda: [stop.set(), *[t.join(10) for t in threads]]  # noqa: E731
+        def stop_readers() -> None:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+        cleanup = stop_readers
     try:
         return ingest(url, run_id, bodies, steps)
     finally:
