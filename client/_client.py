@@ -206,12 +206,12 @@ class MetricsClient:
     @property
     def last_step(self) -> int:
         """The largest train step this rank logged (a batch or a scalar), -1 before any."""
-        return self._progress.last_step
+        return self._progress.steps.last_step
 
     @property
     def completed_step(self) -> int:
         """The train step this rank has completed through (DESIGN §3b), -1 before any."""
-        return self._progress.completed
+        return self._progress.steps.completed
 
     # ------------------------------------------------------------ logging
 
@@ -495,7 +495,7 @@ class MetricsClient:
         with self._lock:
             self._check_open()
             self._complete_locked()
-            ckpt = str(self._progress.last_step)
+            ckpt = str(self._progress.steps.last_step)
             if checkpoint_id is not None:
                 ckpt = check_name(checkpoint_id, "checkpoint_id")
             self._worker.put(CheckpointEvent(ckpt))

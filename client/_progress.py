@@ -25,16 +25,6 @@ class RankProgress:
     ended: dict[str, set[int]] = field(default_factory=dict)
     directions: dict[str, bool] = field(default_factory=dict)
 
-    @property
-    def last_step(self) -> int:
-        """The largest train step logged, -1 before any."""
-        return self.steps.last_step
-
-    @property
-    def completed(self) -> int:
-        """The train step this rank has completed through, -1 before any."""
-        return self.steps.completed
-
     def check_batch(self, phase: str, epoch: int, step: int) -> None:
         """Raise if a batch of ``phase``/``epoch`` at ``step`` is refused; else record it."""
         if self.ended and epoch in self.ended.get(phase, ()):
