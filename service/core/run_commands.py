@@ -25,6 +25,7 @@ from client._wire import BatchBlock, BatchEvent, Event, ScalarEvent, record_coun
 from service.core.alerts import Alert, AlertBook, parse_rules
 from service.core.emission import Emission
 from service.core.errors import CheckpointPending, InvalidInput
+from service.core.ranks import RankState
 from service.core.run_state import RunState
 from service.core.sessions import Session, SessionTable
 from service.core.snapshot import make_snapshot, open_snapshot
@@ -41,6 +42,7 @@ class DeliveryPlan:
     offset: int
     fresh: Sequence[Event]
     counted: bool
+    checked: RankState | None = None  # the rank's position after ``fresh``, as the check found it
 
 
 @dataclass
@@ -99,9 +101,8 @@ class Run:
         offset = self.sessions.fresh_offset(session, seq, len(events))
         fresh = events[offset:]
         counted = session.restore_id == self.generation
-        if fresh and counted:
-            self.state.check(session.rank, fresh)
-        return DeliveryPlan(session, offset, fresh, counted)
+        checked = self.state.check(session.rank, fresh) if fresh and counted else None
+        return DeliveryPlan(session, offset, fresh, counted, checked)
 
     def apply_delivery(self, plan: DeliveryPlan) -> dict[str, int]:
         """Apply a checked delivery; returns ``{acked_seq, applied, ignored}``."""
@@ -109,7 +110,7 @@ class Run:
         first = len(self.state.outbox)
         if fresh:
             if counted:
-                self.state.apply(session.rank, fresh)
+                self.state.apply(session.rank, fresh, plan.checked)
                 session.applied += len(fresh)
                 self._judge(first, session.rank, fresh)
             session.next_seq += len(fresh)

@@ -67,8 +67,12 @@ class RunState:
 
     # ------------------------------------------------------------ check (no mutation)
 
-    def check(self, rank: int, events: Sequence[Event]) -> None:
-        """Raise if any event is invalid for this run and rank; changes nothing."""
+    def check(self, rank: int, events: Sequence[Event]) -> RankState:
+        """Raise if any event is invalid for this run and rank; changes nothing.
+
+        Returns the rank's position after ``events`` (a new object): ``apply`` of the same
+        events may take it instead of advancing the rank again, record by record.
+        """
         if self.finished:
             raise RunFinished(f"run {self.spec.run_id!r} is finished and takes no more events")
         batches = [(e, f"events[{i}]") for i, e in enumerate(events) if isinstance(e, BatchEvent | BatchBlock)]
@@ -86,6 +90,7 @@ class RunState:
                 continue
             self._check_one(state, event, f"events[{i}]")
             state.advance(event)
+        return state
 
     def _check_one(self, state: RankState, event: Event, where: str) -> None:
         if isinstance(event, BatchEvent):
@@ -114,21 +119,29 @@ class RunState:
 
     # ------------------------------------------------------------ apply
 
-    def apply(self, rank: int, events: Iterable[Event]) -> None:
+    def apply(self, rank: int, events: Iterable[Event], checked: RankState | None = None) -> None:
         """Apply checked events of ``rank`` in order; emissions go to ``outbox``.
 
         After its checkpoint marker a rank's events are held (DESIGN §3b) until every
         rank's marker is in; the snapshot is then taken and the held events applied in
         the order they arrived.
+
+        ``checked`` is what ``check`` returned for these events: the rank's accepted
+        position after them (only the next check reads it; a cut does not), taken as it
+        is. Without it the position advances record by record.
         """
         events = list(events)
         self._deltas = self._precompute(rank, events)
+        accepted = self.accepted[rank] if checked is None else None
         try:
             for event in logical_events(events):
-                self.accepted[rank].advance(event)
+                if accepted is not None:
+                    accepted.advance(event)
                 self._route(rank, event)
         finally:
             self._deltas = {}
+        if checked is not None:
+            self.accepted[rank] = checked
         self._advance()
 
     def _precompute(self, rank: int, events: list[Event]) -> dict[int, Accumulator]:
@@ -182,9 +195,15 @@ class RunState:
 
     def _apply_batch(self, batch: BatchEvent) -> None:
         delta = self._deltas.pop(id(batch), None) or Accumulator.of_batches(self.layout, [batch])[0]
-        self.epochs.setdefault((batch.phase, batch.epoch), Accumulator(self.layout)).merge(delta)
+        key = (batch.phase, batch.epoch)
+        epoch = self.epochs.get(key)  # not setdefault: that would build an empty accumulator every row
+        if epoch is None:
+            epoch = self.epochs[key] = Accumulator(self.layout)
+        epoch.merge(delta)
         if batch.phase == TRAIN_PHASE:
-            bucket = self.pending.setdefault(batch.step, StepBucket())
+            bucket = self.pending.get(batch.step)
+            if bucket is None:
+                bucket = self.pending[batch.step] = StepBucket()
             if bucket.acc is None:
                 bucket.acc = delta
             else:
