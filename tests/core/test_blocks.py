@@ -3,6 +3,7 @@ sent one by one, and both equal the plain reference; bad blocks are refused by n
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -18,6 +19,7 @@ from client._wire import (
     Event,
     ScalarEvent,
     WireError,
+    block_key,
     block_of,
     block_spans,
     decode_events,
@@ -28,6 +30,8 @@ from client._wire import (
     unpack_body,
 )
 from service.core.errors import InvalidInput, StepAlreadyCompleted
+from service.core.run_state import RunState
+from service.core.spec import parse_spec
 from service.runtime.host import RunHost
 from service.sinks.memory import MemorySink
 from tests.conftest import RunData, make_run, stream_events
@@ -235,3 +239,25 @@ def test_a_deliverys_batches_are_computed_together_with_scalars_between_them(
                                   _batch(rng, 9, 2)])
     assert calls == [5, 2]  # the five before the block together, the two after it together
     assert host.get("r").counters["records"] == 10 + 2 + 3
+
+
+def _one_shape(batch: BatchEvent) -> BatchEvent:
+    """``batch`` with the optional fields every other one has: all may go in one block."""
+    return dataclasses.replace(
+        batch, topk={t: v[:, :3] for t, v in batch.topk.items()}, losses=[0.5 + 0.1 * batch.step] * len(batch.sizes),
+        task_losses={}, subsets={"rarity": batch.subsets["rarity"]}, sample_losses=None)
+
+
+def test_a_block_across_epochs_and_phases_adds_to_each_epoch_what_its_rows_add_one_by_one() -> None:
+    data = make_run(2, world_size=1, steps_per_epoch=4, epochs=2)
+    rows = [_one_shape(e) for e in stream_events(data, 0) if isinstance(e, BatchEvent) and "rarity" in e.subsets]
+    assert len({(r.phase, r.epoch) for r in rows}) >= 4 and len({block_key(r) for r in rows}) == 1
+    spec = parse_spec(data.spec("r", METRICS))
+    whole, apart = RunState(spec), RunState(spec)
+    block = _wire([block_of(rows)], binary=True)
+    whole.apply(0, block, whole.check(0, block))
+    for row in rows:
+        apart.apply(0, [row], apart.check(0, [row]))
+    assert sorted(whole.epochs) == sorted(apart.epochs) == sorted({(r.phase, r.epoch) for r in rows})
+    assert {k: a.to_dict() for k, a in whole.epochs.items()} == {k: a.to_dict() for k, a in apart.epochs.items()}
+    assert whole.to_dict(internal=True) == apart.to_dict(internal=True)
