@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.errors import ConfigError
@@ -78,8 +78,10 @@ class Alert:
     rank: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form (the ``alerts`` items of ``GET /v1/runs/{run}`` and the stream)."""
-        return asdict(self)
+        """JSON-safe form (the ``alerts`` items of ``GET /v1/runs/{run}`` and the stream); field by
+        field, not ``dataclasses.asdict`` (a deep copy of every value: slow in recovery images)."""
+        return {"name": self.name, "level": self.level, "key": self.key, "step": self.step, "value": self.value,
+                "rule": self.rule, "message": self.message, "rank": self.rank}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Alert:
@@ -230,7 +232,8 @@ class AlertBook:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for recovery images (the rules come from the spec again)."""
         return {"fired": [a.to_dict() for a in self.fired], "stalled": sorted(self.stalled),
-                "tracking": {str(i): asdict(t) for i, t in self.tracking.items()}}
+                "tracking": {str(i): {"active": t.active, "best": t.best, "since_best": t.since_best}
+                             for i, t in self.tracking.items()}}
 
     @classmethod
     def from_dict(cls, rules: tuple[Rule, ...], data: Mapping[str, Any]) -> AlertBook:
