@@ -75,3 +75,67 @@ async def test_the_fast_path_answers_as_the_route_does(tmp_path: Path, monkeypat
     statuses = [status for status, _ in fast[:-2]]
     assert statuses == [200, 200, 200, 200, 409, 422, 422, 404, 413, 200]
     assert any('route="/v1/runs/{run_id}/events"' in line and 'status="200"' in line for line in fast[-1][1])
+
+
+async def test_a_runs_deliveries_take_turns_and_other_runs_go_beside_them() -> None:
+    """RunTurns: while one delivery of run "a" holds its turn, a second one of "a" waits and one of
+    "b" goes ahead; turns come in arrival order and the bookkeeping is gone afterwards."""
+    import asyncio
+
+    turns = fast_ingest.RunTurns()
+    inside: dict[str, int] = {"a": 0, "b": 0}
+    most: dict[str, int] = {"a": 0, "b": 0}
+    order: list[str] = []
+    release = {name: asyncio.Event() for name in ("a1", "a2", "a3", "b1")}
+    entered = {name: asyncio.Event() for name in release}
+
+    async def deliver(name: str) -> None:
+        run = name[0]
+        async with turns.turn(run):
+            inside[run] += 1
+            most[run] = max(most[run], inside[run])
+            order.append(name)
+            entered[name].set()
+            await release[name].wait()
+            inside[run] -= 1
+
+    tasks = [asyncio.create_task(deliver(n)) for n in ("a1", "a2", "a3")]
+    await asyncio.wait_for(entered["a1"].wait(), 10)
+    b = asyncio.create_task(deliver("b1"))
+    await asyncio.wait_for(entered["b1"].wait(), 10)  # another run is not held up by "a"
+    assert not entered["a2"].is_set() and not entered["a3"].is_set() and len(turns) == 2
+    release["b1"].set()
+    await asyncio.wait_for(b, 10)
+    for name in ("a1", "a2", "a3"):
+        release[name].set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert order == ["a1", "b1", "a2", "a3"] and most == {"a": 1, "b": 1}
+    assert len(turns) == 0
+
+
+async def test_a_delivery_cancelled_while_it_waits_gives_up_its_place() -> None:
+    import asyncio
+
+    turns = fast_ingest.RunTurns()
+    held, go, started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with turns.turn("a"):
+            held.set()
+            await go.wait()
+
+    async def waiter() -> None:
+        started.set()  # the test resumes only once this task is suspended in the turn's queue
+        async with turns.turn("a"):
+            raise AssertionError("a cancelled waiter must not get the turn")
+
+    first = asyncio.create_task(holder())
+    await asyncio.wait_for(held.wait(), 10)
+    second = asyncio.create_task(waiter())
+    await asyncio.wait_for(started.wait(), 10)
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    go.set()
+    await asyncio.wait_for(first, 10)
+    assert len(turns) == 0
