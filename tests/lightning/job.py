@@ -11,6 +11,7 @@ job, synced across ranks, and writes them with the run id to ``--out`` (rank 0).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 from pathlib import Path
@@ -23,6 +24,17 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from client.lightning import MetricsCallback
+
+
+def _destroy_process_group() -> None:
+    """Lightning leaves the spawned workers' gloo process group alive: torn down with the
+    interpreter, its threads now and then abort the worker ("terminate called without an active
+    exception", seen once in a full suite run). This module is imported by every spawned worker."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+atexit.register(_destroy_process_group)
 
 TASKS = {"genus": 5, "species": 7}
 CONFIG = {"METRICS": {"STEP_INTERVAL": 2, "WANDB_INTERVAL": 2, "LR_INTERVAL": 1, "CONSOLE_INTERVAL": 0,
