@@ -24,8 +24,17 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+#: The checkout whose client and service the benchmarks run: this one, or an earlier one named by
+#: ``LINNAEUS_BENCH_TREE`` (to time it side by side with this one). It goes first on ``sys.path`` of
+#: the bench process and on ``PYTHONPATH`` of every process it starts (the service, the trainers,
+#: fresh runs): ``PYTHONPATH`` alone would not do, since this directory must come before the venv's
+#: editable install and the bench process would import this checkout's client.
+TREE = Path(os.environ.get("LINNAEUS_BENCH_TREE") or REPO).resolve()
+if not (TREE / "service").is_dir() or not (TREE / "client").is_dir():
+    raise SystemExit(f"LINNAEUS_BENCH_TREE={TREE}: not a checkout of this project (no service/ and client/)")
+sys.path[:] = [str(TREE), *(p for p in sys.path if p != str(TREE))]
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(TREE), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(TREE))])
 
 import httpx  # noqa: E402
 
@@ -56,7 +65,19 @@ def machine_lines() -> list[str]:
     except ImportError:
         versions.append("torch (not installed)")
     return [f"machine: {model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-            "versions: " + ", ".join(versions)]
+            "versions: " + ", ".join(versions), f"code: {TREE} at {_commit(TREE)}"]
+
+
+def _commit(tree: Path) -> str:
+    """The checkout's commit, with '+changes' when its tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "client", "service"],
+                               timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return "an unknown commit"
+    return head + (" +changes" if dirty else "")
 
 
 def print_header(title: str, extra: Iterable[str] = ()) -> None:
@@ -158,7 +179,7 @@ class ServiceProcess:
         cmd += ["serve", "--host", LOOPBACK, "--port", str(self.port), "--data-dir", str(self.data_dir),
                 "--log-level", "warning"]
         with open(self._log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=TREE)
         problem = wait_http_ok(f"{self.url}/readyz", deadline_s, self.proc)
         if problem is not None:
             self.stop()
