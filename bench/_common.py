@@ -91,6 +91,18 @@ def print_header(title: str, extra: Iterable[str] = ()) -> None:
 # ---------------------------------------------------------------- processes
 
 
+def callgrind_main_thread(argv: Sequence[str], out: Path, timeout_s: float) -> int:
+    """Instructions the main thread of ``python *argv`` executes, counted by ``valgrind --tool=callgrind``
+    (``PYTHONHASHSEED=0``: repeatable runs); ``out`` names callgrind's files."""
+    cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
+           sys.executable, *argv]
+    subprocess.run(cmd, env={**os.environ, "PYTHONHASHSEED": "0"}, check=True, capture_output=True, timeout=timeout_s)
+    for line in Path(f"{out}-01").read_text().splitlines():  # thread 1: the main thread
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no summary line in {out}-01")
+
+
 def fresh_runs(script: str, child_args: Sequence[str], runs: int, timeout_s: float) -> list[dict[str, Any]]:
     """Run ``script --child *child_args`` in ``runs`` fresh processes, one after another; each prints its
     figures as one JSON line last. A failed run prints its stderr tail and exits with its status."""

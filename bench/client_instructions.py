@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -65,16 +64,9 @@ def child(calls: int, labels: str, full: bool, tree: str | None) -> None:
 
 def main_thread_instructions(calls: int, labels: str, full: bool, tree: Path | None, tmp: Path) -> int:
     out = tmp / f"callgrind.{labels}.{int(full)}.{calls}.{os.getpid()}.{tree.name if tree else 'this'}"
-    cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
-           sys.executable, __file__, "--child", str(calls), labels, "full" if full else "room"]
-    if tree:
-        cmd.append(str(tree.resolve()))
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-    for line in Path(f"{out}-01").read_text().splitlines():  # thread 1: the main thread
-        if line.startswith("summary:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no summary line in {out}-01")
+    argv = [__file__, "--child", str(calls), labels, "full" if full else "room",
+            *([str(tree.resolve())] if tree else [])]
+    return c.callgrind_main_thread(argv, out, timeout_s=600)
 
 
 def per_call(calls: int, labels: str, full: bool, tree: Path | None, tmp: Path) -> float:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -72,15 +71,9 @@ def total_instructions(ranks: int, deliveries: int, play: bool, tree: Path | Non
     tag = f"{int(play)}.{os.getpid()}.{tree.name if tree else 'this'}"
     out, data = tmp / f"callgrind.{tag}", tmp / f"data.{tag}"
     data.mkdir()
-    cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
-           sys.executable, __file__, "--child", str(ranks), str(deliveries), "play" if play else "build", str(data)]
-    if tree:
-        cmd.append(str(tree.resolve()))
-    subprocess.run(cmd, env={**os.environ, "PYTHONHASHSEED": "0"}, check=True, capture_output=True, timeout=1800)
-    for line in Path(f"{out}-01").read_text().splitlines():  # thread 1: the main thread
-        if line.startswith("summary:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no summary line in {out}-01")
+    argv = [__file__, "--child", str(ranks), str(deliveries), "play" if play else "build", str(data),
+            *([str(tree.resolve())] if tree else [])]
+    return c.callgrind_main_thread(argv, out, timeout_s=1800)
 
 
 def per_delivery(ranks: int, deliveries: int, tree: Path | None, tmp: Path) -> float:
