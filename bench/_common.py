@@ -91,12 +91,14 @@ def print_header(title: str, extra: Iterable[str] = ()) -> None:
 # ---------------------------------------------------------------- processes
 
 
-def callgrind_main_thread(argv: Sequence[str], out: Path, timeout_s: float) -> int:
+def callgrind_main_thread(argv: Sequence[str], out: Path, timeout_s: float, tree: Path | None = None) -> int:
     """Instructions the main thread of ``python *argv`` executes, counted by ``valgrind --tool=callgrind``
-    (``PYTHONHASHSEED=0``: repeatable runs); ``out`` names callgrind's files."""
+    (``PYTHONHASHSEED=0``: repeatable runs); ``out`` names callgrind's files. With ``tree``, the child
+    runs that checkout (``LINNAEUS_BENCH_TREE``), else the one this process runs."""
     cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
            sys.executable, *argv]
-    subprocess.run(cmd, env={**os.environ, "PYTHONHASHSEED": "0"}, check=True, capture_output=True, timeout=timeout_s)
+    env = {**os.environ, "PYTHONHASHSEED": "0", "LINNAEUS_BENCH_TREE": str((tree or TREE).resolve())}
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=timeout_s)
     for line in Path(f"{out}-01").read_text().splitlines():  # thread 1: the main thread
         if line.startswith("summary:"):
             return int(line.split()[1])

@@ -61,7 +61,7 @@ def child(rounds: int, calls: int, pollute_mib: int) -> dict[str, Any]:
                             t1 = time.perf_counter_ns()
                             if r:
                                 times[name].append(t1 - t0)
-                        if name in (ratio.DOWN_LISTS, ratio.DOWN_NP):
+                        if name in ratio.DOWN:
                             down_growth += c.rss_kib(os.getpid()) - rss
                         who.after_block(name)
             finally:

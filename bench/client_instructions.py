@@ -37,10 +37,8 @@ FULL_QUEUE = 100  # records: small, so that warm-up fills it
 WARMUP = 300
 
 
-def child(calls: int, labels: str, full: bool, tree: str | None) -> None:
-    """Log ``calls`` batches after the warm-up; the parent counts the instructions."""
-    if tree:
-        sys.path.insert(0, tree)  # before the import: that tree's client
+def child(calls: int, labels: str, full: bool) -> None:
+    """Log ``calls`` batches after the warm-up (the client of ``_common.TREE``); the parent counts the instructions."""
     import gc
 
     from client import MetricsClient
@@ -64,9 +62,8 @@ def child(calls: int, labels: str, full: bool, tree: str | None) -> None:
 
 def main_thread_instructions(calls: int, labels: str, full: bool, tree: Path | None, tmp: Path) -> int:
     out = tmp / f"callgrind.{labels}.{int(full)}.{calls}.{os.getpid()}.{tree.name if tree else 'this'}"
-    argv = [__file__, "--child", str(calls), labels, "full" if full else "room",
-            *([str(tree.resolve())] if tree else [])]
-    return c.callgrind_main_thread(argv, out, timeout_s=600)
+    argv = [__file__, "--child", str(calls), labels, "full" if full else "room"]
+    return c.callgrind_main_thread(argv, out, timeout_s=600, tree=tree)
 
 
 def per_call(calls: int, labels: str, full: bool, tree: Path | None, tmp: Path) -> float:
@@ -82,8 +79,8 @@ def main() -> int:
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        calls, labels, room_or_full, *tree = args.child
-        child(int(calls), labels, room_or_full == "full", tree[0] if tree else None)
+        calls, labels, room_or_full = args.child
+        child(int(calls), labels, room_or_full == "full")
         return 0
     if shutil.which("valgrind") is None:
         print("client_instructions: needs valgrind (apt-get install -y valgrind)", file=sys.stderr)

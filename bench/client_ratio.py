@@ -50,6 +50,7 @@ DOWN_LISTS, DOWN_NP = "log_batch down+full, labels lists", "log_batch down+full,
 WANDB = "wandb run.log 30 scalars"
 CONTROL = "control: fixed numpy work"
 CONTENDERS = (UP_LISTS, UP_NP, DOWN_LISTS, DOWN_NP, WANDB, CONTROL)
+DOWN = (DOWN_LISTS, DOWN_NP)  # the service-down contenders: their blocks are where memory must stay bounded
 
 
 class Contenders:
@@ -201,7 +202,7 @@ def timed_rounds(who: Contenders, rounds: int, calls: int) -> dict[str, Any]:
         for name in order:
             rss = c.rss_kib(os.getpid())
             times[name].append(block(who.call(name), calls, (r + 1) * calls))
-            if name in (DOWN_LISTS, DOWN_NP):
+            if name in DOWN:
                 down_growth += c.rss_kib(os.getpid()) - rss
             who.after_block(name)
     stats = who.down.stats()

@@ -36,10 +36,9 @@ import _common as c
 RECORDS = 20  # a delivery's records at a 1,024-rank run's default cadence (4 s at 5 steps/s)
 
 
-def child(ranks: int, deliveries: int, play: bool, tree: str | None, data_dir: str) -> None:
-    """Build the run and its deliveries; ingest them when ``play``. The parent counts instructions."""
-    if tree:
-        sys.path.insert(0, tree)  # before the imports: that tree's client and service
+def child(ranks: int, deliveries: int, play: bool, data_dir: str) -> None:
+    """Build the run and its deliveries (the client and service of ``_common.TREE``); ingest them when
+    ``play``. The parent counts instructions."""
     from ranks1024 import Deliveries
 
     from client._wire import MSGPACK_TYPE
@@ -71,9 +70,8 @@ def total_instructions(ranks: int, deliveries: int, play: bool, tree: Path | Non
     tag = f"{int(play)}.{os.getpid()}.{tree.name if tree else 'this'}"
     out, data = tmp / f"callgrind.{tag}", tmp / f"data.{tag}"
     data.mkdir()
-    argv = [__file__, "--child", str(ranks), str(deliveries), "play" if play else "build", str(data),
-            *([str(tree.resolve())] if tree else [])]
-    return c.callgrind_main_thread(argv, out, timeout_s=1800)
+    argv = [__file__, "--child", str(ranks), str(deliveries), "play" if play else "build", str(data)]
+    return c.callgrind_main_thread(argv, out, timeout_s=1800, tree=tree)
 
 
 def per_delivery(ranks: int, deliveries: int, tree: Path | None, tmp: Path) -> float:
@@ -90,8 +88,8 @@ def main() -> int:
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        ranks, deliveries, mode, data_dir, *tree = args.child
-        child(int(ranks), int(deliveries), mode == "play", tree[0] if tree else None, data_dir)
+        ranks, deliveries, mode, data_dir = args.child
+        child(int(ranks), int(deliveries), mode == "play", data_dir)
         return 0
     if shutil.which("valgrind") is None:
         print("service_instructions: needs valgrind (apt-get install -y valgrind)", file=sys.stderr)
