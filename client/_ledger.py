@@ -23,6 +23,7 @@ _DROP_HINTS = {
     "forked": "this is a forked child process; only the parent sends",
     "error": "the sender thread failed",
 }
+_DROP_KEYS = {reason: f"drop:{reason}" for reason in DROP_REASONS}  # LossLog keys, not built a call
 
 
 @dataclass
@@ -66,7 +67,7 @@ class LossLog:
 
     def drop(self, reason: str) -> None:
         """The first drop of a reason: say why and where the rest is counted."""
-        key = f"drop:{reason}"
+        key = _DROP_KEYS.get(reason) or f"drop:{reason}"
         if key in self._logged:  # every later drop (each log_batch while the queue is full): no message to build
             return
         self.once(

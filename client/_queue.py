@@ -121,21 +121,36 @@ class EventQueue:
             if 2 * self.live >= self.max_items:
                 self._link_some(LINKS_PER_PUT)
             return _ADMITTED
-        self._link_some(len(self._unlinked))
+        # full: every call from here on (service down), so the common case calls as little as it can
+        if self._unlinked or not self._linking:
+            self._link_some(len(self._unlinked))
         entry = _entry(event, self._barriers)
+        group = None
         if not entry.control:
-            entry.key = coalesce_key(event, entry.barrier)
-            if self._absorb(entry):
+            key = entry.key = coalesce_key(event, entry.barrier)
+            group = self._groups.get(key)  # type: ignore[arg-type]  # a data record has a key
+            if group is not None and group.entries[-1].can_take(entry.nbytes, entry.samples, self.max_record_bytes):
+                group.entries[-1].take_in(entry)  # into the latest record of its key
+                self._records += 1
                 return Admission(coalesced=1)
-        coalesced = self._compact_until_room()
+        coalesced = self._compact_until_room() if self._dirty else 0
         dropped = 0
         if self.live >= self.max_items:
             dropped = self._drop_oldest_data()
             if not dropped and not entry.control:
                 return Admission(coalesced, dropped=1)  # only control records queued
-        self._append(entry)
+        if coalesced or dropped != 1 or entry.control or not self._linking:  # (the drop emptied the queue)
+            self._append(entry)
+            self._sweep()
+            return Admission(coalesced, dropped)
+        # the usual: one record dropped for this one, which has no same-key record to merge with
+        self.live += 1
+        self._records += 1
+        self._entries.append(entry)
+        self._data.append(entry)
+        self._index(entry, group if group is not None and group.entries else None)  # (the drop may have emptied it)
         self._sweep()
-        return _DROPPED_ONE if not coalesced and dropped == 1 else Admission(coalesced, dropped)
+        return _DROPPED_ONE
 
     def take(self, max_events: int, max_bytes: int) -> list[list[Record]]:
         """Remove up to ``max_events`` records (at least one if any) of about ``max_bytes``."""
@@ -182,7 +197,11 @@ class EventQueue:
         if entry.key is None:
             entry.key = coalesce_key(entry.parts[0], entry.barrier)
             assert entry.key is not None
-        group = self._groups.get(entry.key)
+        self._index(entry, self._groups.get(entry.key))
+
+    def _index(self, entry: _Entry, group: _Group | None) -> None:
+        """Add a keyed entry to its key's group (``group``: that group if found, else None)."""
+        assert entry.key is not None
         if group is None:
             group = self._groups[entry.key] = _Group()
         entries = group.entries
@@ -194,14 +213,6 @@ class EventQueue:
             self._dirty_set.add(entry.key)
             self._dirty.append(entry.key)
         entries.append(entry)
-
-    def _absorb(self, entry: _Entry) -> bool:
-        group = self._groups.get(entry.key)  # type: ignore[arg-type]
-        if group is None or not group.entries[-1].can_take(entry.nbytes, entry.samples, self.max_record_bytes):
-            return False
-        group.entries[-1].take_in(entry)
-        self._records += 1
-        return True
 
     def _compact_until_room(self) -> int:
         """Merge dirty groups, oldest first, until one slot is free or none is left."""

@@ -169,3 +169,15 @@ def test_no_put_keys_more_than_a_few_records(monkeypatch: pytest.MonkeyPatch) ->
         most = max(most, calls[0] - before)
     assert most <= LINKS_PER_PUT + 1
     assert len(queue) == 2_000
+
+
+def test_a_record_that_drops_the_last_of_its_key_starts_that_key_anew() -> None:
+    """The drop can empty the group the new record's key found: the next same-key record merges into the new one."""
+    big = ScalarEvent("custom", 7, 0.0, {f"v{i}": float(i) for i in range(10)})  # too big to take another
+    second, third = record(7, 1), record(7, 2)
+    queue = EventQueue(1, max_record_bytes=400)  # the two small ones fit together, the big one with neither
+    assert queue.put(big).dropped == 0
+    assert queue.put(second).dropped == 1  # the big one goes: it was the only queued record of the key
+    assert queue.put(third).coalesced == 1  # into the second one, which holds the key now
+    assert [[idents(p)[0] for p in parts] for parts in queue.take(10, 10**9)] == [[1, 2]]
+    assert queue.records == 0 and len(queue) == 0
