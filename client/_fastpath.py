@@ -1,7 +1,9 @@
 """The common case of ``log_batch``, checked with as little work on the training thread as possible.
 
-numpy integer arrays for every task, str label lists: one concatenation copies every
-array (callers reuse their buffers) and one ``maximum.reduceat`` over its unsigned view
+numpy integer arrays for every task, str label lists: every array is copied at once
+(callers reuse their buffers: C-contiguous native int64 arrays, the usual, by one bytes
+join, a memcpy each that keeps the GIL; others by one numpy concatenation into a per-thread
+int64 buffer) and one ``maximum.reduceat`` over the copy's unsigned view
 gives each array's largest index (a negative one wraps past every limit), compared with
 the task's class count; the shapes and dtypes of a batch are checked once per layout and
 then looked up. Label lists are only checked against the names already seen and kept as
@@ -46,15 +48,18 @@ _ARRAY_TYPES = {np.ndarray}
 _NUMBER_TYPES = frozenset({float, int, np.float64, np.float32, np.float16})
 _FLOAT_TYPE = frozenset({float})
 _SHAPE_AND_DTYPE = operator.attrgetter("shape", "dtype")
+_INT64, _UINT64 = np.dtype(np.int64), np.dtype(np.uint64)  # native byte order
 
 
 class _Layout:
     """Where each task's arrays lie in the concatenated buffer, and their bounds."""
 
-    __slots__ = ("dtype", "ks", "length", "limits", "names", "size", "slices", "starts", "task_ks")
+    __slots__ = ("dtype", "int64", "ks", "length", "limits", "names", "size", "slices", "starts", "task_ks")
 
-    def __init__(self, names: Sequence[str], size: int, ks: Sequence[int], limits: Sequence[int]) -> None:
+    def __init__(self, names: Sequence[str], size: int, ks: Sequence[int], limits: Sequence[int],
+                 int64: bool = False) -> None:
         self.names, self.size, self.ks = list(names), size, tuple(ks)
+        self.int64 = int64  # every array native int64: their bytes can be joined as they are
         self.task_ks = tuple(sorted(zip(self.names, self.ks, strict=True)))  # part of the merge key
         self.dtype = index_type(max(limits))  # what the checked buffer is kept as while it waits
         counts = [size] * len(ks) + [size * k for k in ks]
@@ -174,13 +179,18 @@ class FastBatches:
         layout = self._layouts.get(key) or self._new_layout(key)
         if layout is None:
             return None
-        flat, unsigned = self._scratch(layout)  # this thread's buffer: no allocation, no page to touch anew
-        np.concatenate(arrays, axis=None, out=flat)  # the layout checked every dtype casts safely to int64
+        try:  # the usual: C-contiguous int64 arrays, copied by one bytes join (a memcpy each, the GIL held)
+            unsigned = np.frombuffer(b"".join(arrays), _UINT64) if layout.int64 else None
+        except TypeError:  # an array that is not C-contiguous
+            unsigned = None
+        if unsigned is None:
+            flat, unsigned = self._scratch(layout)  # this thread's buffer: no allocation, no page to touch anew
+            np.concatenate(arrays, axis=None, out=flat)  # the layout checked every dtype casts safely to int64
         # each segment's largest index, unsigned: a negative index wraps past every limit
         if any(map(operator.ge, np.maximum.reduceat(unsigned, layout.starts).tolist(), layout.limits)):
             return None
-        # a quarter of the bytes to hold until the service has them (the int64 buffer is reused at once)
-        return layout, flat.astype(layout.dtype)
+        # a quarter of the bytes to hold until the service has them (the int64 copy goes at once)
+        return layout, unsigned.astype(layout.dtype)
 
     def _scratch(self, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
         """The calling thread's int64 buffer for ``layout`` and its uint64 view (threads may log at once)."""
@@ -209,7 +219,8 @@ class FastBatches:
             return None
         if len(self._layouts) >= MAX_LAYOUTS:
             self._layouts.clear()
-        layout = self._layouts[key] = _Layout(self.names, size, [p[1] for p in ps], self.limits)
+        layout = self._layouts[key] = _Layout(self.names, size, [p[1] for p in ps], self.limits,
+                                              all(d == _INT64 for d in dtypes))
         return layout
 
     def _task_losses(self, task_losses: Any) -> dict[str, float] | None:

@@ -54,6 +54,29 @@ def test_fast_path_copies_the_callers_buffers() -> None:
     assert np.array_equal(event.targets["a"], before[0]) and np.array_equal(event.topk["b"], before[1])
 
 
+ARRAY_FORMS = {  # the int64 arrays of a batch in other forms the fast path takes (and must copy by value)
+    "int32": lambda a: a.astype(np.int32),
+    "big-endian int64": lambda a: a.astype(">i8"),
+    "not C-contiguous": lambda a: np.asfortranarray(a) if a.ndim == 2 else np.repeat(a, 2)[::2],
+}
+
+
+@pytest.mark.parametrize("form", ARRAY_FORMS)
+def test_arrays_in_any_integer_form_give_the_thorough_record(form: str) -> None:
+    """Native C-contiguous int64 arrays are copied as raw bytes; any other form must not be (its bytes are
+    not int64 values in this order): the record equals the thorough path's, and a bad index is still refused."""
+    args = _inputs(np.random.default_rng(7), 50)
+    for group in ("targets", "topk"):
+        args[group] = {task: ARRAY_FORMS[form](array) for task, array in args[group].items()}
+    fast = FastBatches(TASKS)
+    event = fast.build(3, 1, "train", 7.0, args["loss"], args["task_losses"], args["targets"], args["topk"],
+                       args["subsets"])
+    assert event is not None
+    assert encode_event(unpacked(event), True, WIRE_TYPES) == _slow(args)
+    bad = {**args["targets"], "b": ARRAY_FORMS[form](np.full(50, 2000))}  # task b has 2,000 classes
+    assert fast.build(3, 1, "train", 7.0, None, None, bad, args["topk"], None) is None
+
+
 @pytest.mark.parametrize("damage", [
     lambda a: a["targets"].update(a=np.array([5, 0, 0, 0])),          # class index == num_classes
     lambda a: a["topk"].update(b=-a["topk"]["b"] - 1),                 # negative index
