@@ -125,10 +125,9 @@ class EventQueue:
         if self._unlinked or not self._linking:
             self._link_some(len(self._unlinked))
         entry = _entry(event, self._barriers)
-        group = None
         if not entry.control:
-            key = entry.key = coalesce_key(event, entry.barrier)
-            group = self._groups.get(key)  # type: ignore[arg-type]  # a data record has a key
+            entry.key = coalesce_key(event, entry.barrier)
+            group = self._groups.get(entry.key)  # type: ignore[arg-type]  # a data record has a key
             if group is not None and group.entries[-1].can_take(entry.nbytes, entry.samples, self.max_record_bytes):
                 group.entries[-1].take_in(entry)  # into the latest record of its key
                 self._records += 1
@@ -139,18 +138,9 @@ class EventQueue:
             dropped = self._drop_oldest_data()
             if not dropped and not entry.control:
                 return Admission(coalesced, dropped=1)  # only control records queued
-        if coalesced or dropped != 1 or entry.control or not self._linking:  # (the drop emptied the queue)
-            self._append(entry)
-            self._sweep()
-            return Admission(coalesced, dropped)
-        # the usual: one record dropped for this one, which has no same-key record to merge with
-        self.live += 1
-        self._records += 1
-        self._entries.append(entry)
-        self._data.append(entry)
-        self._index(entry, group if group is not None and group.entries else None)  # (the drop may have emptied it)
+        self._append(entry)
         self._sweep()
-        return _DROPPED_ONE
+        return _DROPPED_ONE if not coalesced and dropped == 1 else Admission(coalesced, dropped)
 
     def take(self, max_events: int, max_bytes: int) -> list[list[Record]]:
         """Remove up to ``max_events`` records (at least one if any) of about ``max_bytes``."""
@@ -197,11 +187,7 @@ class EventQueue:
         if entry.key is None:
             entry.key = coalesce_key(entry.parts[0], entry.barrier)
             assert entry.key is not None
-        self._index(entry, self._groups.get(entry.key))
-
-    def _index(self, entry: _Entry, group: _Group | None) -> None:
-        """Add a keyed entry to its key's group (``group``: that group if found, else None)."""
-        assert entry.key is not None
+        group = self._groups.get(entry.key)
         if group is None:
             group = self._groups[entry.key] = _Group()
         entries = group.entries
