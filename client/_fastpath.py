@@ -57,7 +57,7 @@ class _Layout:
     __slots__ = ("dtype", "int64", "ks", "length", "limits", "names", "size", "slices", "starts", "task_ks")
 
     def __init__(self, names: Sequence[str], size: int, ks: Sequence[int], limits: Sequence[int],
-                 int64: bool = False) -> None:
+                 int64: bool) -> None:
         self.names, self.size, self.ks = list(names), size, tuple(ks)
         self.int64 = int64  # every array native int64: their bytes can be joined as they are
         self.task_ks = tuple(sorted(zip(self.names, self.ks, strict=True)))  # part of the merge key

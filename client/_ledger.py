@@ -67,7 +67,7 @@ class LossLog:
 
     def drop(self, reason: str) -> None:
         """The first drop of a reason: say why and where the rest is counted."""
-        key = _DROP_KEYS.get(reason) or f"drop:{reason}"
+        key = _DROP_KEYS[reason]  # one of DROP_REASONS: the worker counts it in stats()['dropped'] first
         if key in self._logged:  # every later drop (each log_batch while the queue is full): no message to build
             return
         self.once(
