@@ -142,6 +142,16 @@ class TeeStore:
         self.copy_s += time.perf_counter() - start
         return command_id
 
+    def append_many(self, run_id: str, command: str, payloads: Any) -> int:
+        command_id = self.primary.append_many(run_id, command, payloads)
+        start = time.perf_counter()
+        self.journal.append_many(run_id, command, payloads)
+        self.copy_s += time.perf_counter() - start
+        return command_id
+
+    def load_run(self, run_id: str) -> Any:
+        return self.primary.load_run(run_id)
+
     def write_image(self, run_id: str, command_id: int, image: Any) -> None:
         self.primary.write_image(run_id, command_id, image)
 

@@ -102,4 +102,10 @@ class _RegistryCollector(Collector):
         images.add_metric([], stats["images"]["writes"])
         image_time = CounterMetricFamily("linnaeus_image_write_seconds", "Time spent writing recovery images")
         image_time.add_metric([], stats["images"]["seconds"])
-        yield from (runs, counters, held, sink, images, image_time)
+        groups = CounterMetricFamily("linnaeus_journal_commits", "Journal commits of event deliveries "
+                                     "(a group of deliveries ingested together is one)")
+        groups.add_metric([], stats["groups"]["commits"])
+        grouped = CounterMetricFamily("linnaeus_journal_committed_deliveries",
+                                      "Event deliveries made durable by those commits")
+        grouped.add_metric([], stats["groups"]["deliveries"])
+        yield from (runs, counters, held, sink, images, image_time, groups, grouped)

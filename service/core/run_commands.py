@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from client._wire import BatchBlock, BatchEvent, Event, ScalarEvent, record_count
@@ -71,6 +71,13 @@ class Run:
     def __post_init__(self) -> None:
         if not self.alerts.rules:
             self.alerts.rules = parse_rules(self.spec.config)
+
+    def adopt(self, other: Run) -> None:
+        """Take every field of ``other`` but the lock: the runtime rolls a run back this way to the
+        state rebuilt from its store, so that code holding this object sees that state."""
+        for name in (f.name for f in fields(self)):
+            if name != "lock":
+                setattr(self, name, getattr(other, name))
 
     # ------------------------------------------------------------ sessions
 

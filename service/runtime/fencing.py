@@ -9,7 +9,7 @@ run owned elsewhere is rebuilt from: it reads, and never writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from service.core.errors import StoreFenced
@@ -22,6 +22,10 @@ class SharedStore(LeaseStore, Protocol):
 
     def append(self, run_id: str, command: str, payload: Mapping[str, Any], *, token: int | None = None) -> int:
         """Make one command durable."""
+
+    def append_many(self, run_id: str, command: str, payloads: Sequence[Mapping[str, Any]], *,
+                    token: int | None = None) -> int:
+        """Make several commands durable in one transaction."""
 
     def write_image(self, run_id: str, command_id: int, image: Mapping[str, Any], *,
                     token: int | None = None) -> None:
@@ -66,6 +70,14 @@ class FencedStore:
         """Journal one command under the run's lease."""
         return self.store.append(run_id, command, payload, token=self._token(run_id))
 
+    def append_many(self, run_id: str, command: str, payloads: Sequence[Mapping[str, Any]]) -> int:
+        """Journal several commands in one transaction under the run's lease."""
+        return self.store.append_many(run_id, command, payloads, token=self._token(run_id))
+
+    def load_run(self, run_id: str) -> StoredRun:
+        """One run's image and journal tail (reads need no lease)."""
+        return self.store.load_run(run_id)
+
     def write_image(self, run_id: str, command_id: int, image: Mapping[str, Any]) -> None:
         """Compact the run's journal under its lease."""
         self.store.write_image(run_id, command_id, image, token=self._token(run_id))
@@ -99,6 +111,10 @@ class ReadOnlyStore(FencedStore):
     """Reads of the shared store; writes are dropped (a read-only copy never persists anything)."""
 
     def append(self, run_id: str, command: str, payload: Mapping[str, Any]) -> int:
+        """Not kept."""
+        return 0
+
+    def append_many(self, run_id: str, command: str, payloads: Sequence[Mapping[str, Any]]) -> int:
         """Not kept."""
         return 0
 

@@ -3,7 +3,11 @@
 Each command goes check (core, changes nothing) -> append (store: durable) -> apply
 (core, cannot fail) -> emissions and notices out. The store append happens under the run
 lock on purpose: the journal's order must be the order of application, or a replay would
-compute another state. Sinks are called after the run lock is released (``Outbox``), in
+compute another state. Deliveries that arrive together go as a group (``ingest_many``):
+each is checked and applied in turn, their journal rows are made durable by ONE commit,
+and only then do replies and emissions go out; if that commit fails, the run is rebuilt
+from the store, so nothing the store does not hold is acknowledged or shown (readers wait
+on the run lock). Sinks are called after the run lock is released (``Outbox``), in
 the order the run produced their input. Reads copy under the lock and format outside it.
 """
 
@@ -18,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from client._wire import Event, encode_event
 from service.core.emission import Emission, Notice, Sink
-from service.core.errors import LimitExceeded, RunConflict, RunQuarantined, UnknownRun
+from service.core.errors import LimitExceeded, RunConflict, RunQuarantined, ServiceError, UnknownRun
 from service.core.experiment import config_warnings
 from service.core.run_commands import Run
 from service.core.run_state import RunState
@@ -28,6 +32,8 @@ from service.runtime.dispatch import Listener, Outbox
 from service.storage.base import Store, StoredRun
 
 log = logging.getLogger("linnaeus_metrics.runtime")
+#: One delivery for ``RunHost.ingest_many``: session, seq, events, and the body as received (or None).
+Delivery = tuple[str, int, Sequence[Event], tuple[bytes, str] | None]
 
 
 @runtime_checkable
@@ -87,6 +93,9 @@ class RunHost:
         self._first_session_at: dict[str, float] = {}  # runs whose missing ranks are not yet logged
         self.image_writes = 0
         self.image_seconds = 0.0
+        self.journal_commits = 0  # of event deliveries: one per group (ingest_many) or delivery (ingest)
+        self.committed_deliveries = 0
+        self._figures = threading.Lock()  # the figures above: runs write them from several threads
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ runs
@@ -139,12 +148,16 @@ class RunHost:
             output.open_run(run.spec.run_id, run.spec.to_dict())
 
     def quarantine(self, run_id: str, reason: str) -> None:
-        """Refuse ``run_id`` from now on (recovery could not rebuild it); its stored data stays."""
-        with self._lock:
-            self._runs.pop(run_id, None)
-            self._outboxes.pop(run_id, None)
-            self._last_command.pop(run_id, None)
-            self._quarantined[run_id] = reason
+        """Refuse ``run_id`` from now on (recovery could not rebuild it); its stored data stays.
+
+        Takes no host lock: a failed group commit whose run cannot be reloaded calls it with the
+        run's lock held, and ``delete_run`` takes the host lock before a run's. Each step is one
+        dict operation, the refusal first.
+        """
+        self._quarantined[run_id] = reason
+        self._runs.pop(run_id, None)
+        self._outboxes.pop(run_id, None)
+        self._last_command.pop(run_id, None)
         log.error("run %s quarantined: %s; its stored data is kept as it is, the run is refused until "
                   "it is repaired or deleted", run_id, reason)
 
@@ -201,7 +214,7 @@ class RunHost:
             with run.lock:
                 if self.store is not None:
                     self.store.delete_run(run_id)
-                del self._runs[run_id]
+                self._runs.pop(run_id, None)  # a quarantine may have dropped it while this waited
                 self._outboxes.pop(run_id, None)
                 self._first_session_at.pop(run_id, None)
         for output in self._outputs:
@@ -241,6 +254,8 @@ class RunHost:
             if plan.fresh:
                 now = self._clock()
                 self._append(run_id, "events", {**_journal_events(session_id, seq, events, body), "at": now}, run)
+                if self.store is not None:
+                    self._committed(1)
             reply = run.apply_delivery(plan)
             if plan.fresh:  # a resent duplicate changes nothing, its time included
                 run.seen(plan.session.rank, now)
@@ -248,6 +263,79 @@ class RunHost:
             self._log_missing_ranks(run)
         self._dispatch(run)
         return reply
+
+    def ingest_many(self, run_id: str, deliveries: Sequence[Delivery]) -> list[dict[str, int] | ServiceError]:
+        """Apply deliveries of one run as ``ingest`` would one after another, with ONE journal
+        transaction for all of them (group commit: a sync to disk for the group, not for each).
+
+        Each delivery is checked against the state the ones before it left, and applied at once;
+        their journal rows are then written together, and no reply leaves before that commit.
+        A delivery its check refuses gets its own error and changes nothing. If the commit fails,
+        the run goes back to what the store holds (``_roll_back``) and the store's error is raised:
+        it is every delivery's answer (each reply was computed on state that is gone).
+
+        Returns:
+            per delivery, its reply ``{acked_seq, applied, ignored}`` or the error that refused it.
+        """
+        run = self.get(run_id)
+        results: list[dict[str, int] | ServiceError] = []
+        with run.lock:
+            self._writable(run_id, run)
+            journal: list[dict[str, Any]] = []
+            try:
+                for session_id, seq, events, body in deliveries:
+                    try:
+                        plan = run.plan_delivery(session_id, seq, events)
+                    except ServiceError as exc:
+                        results.append(exc)
+                        continue
+                    if plan.fresh:
+                        now = self._clock()
+                        journal.append({**_journal_events(session_id, seq, events, body), "at": now})
+                    results.append(run.apply_delivery(plan))
+                    if plan.fresh:  # a resent duplicate changes nothing, its time included
+                        run.seen(plan.session.rank, now)
+                if journal and self.store is not None:
+                    self._last_command[run_id] = self.store.append_many(run_id, "events", journal)
+                    self._committed(len(journal))
+            except BaseException:  # the store's error (or a bug): nothing of the group stays
+                self._roll_back(run)
+                raise
+            self._collect(run)
+            self._log_missing_ranks(run)
+        self._dispatch(run)
+        return results
+
+    def _writable(self, run_id: str, run: Run) -> None:
+        """Raise unless ``run`` is still the run held under ``run_id`` (caller holds its lock): a write
+        through a copy that was quarantined or deleted while it waited for the lock is refused."""
+        if self._runs.get(run_id) is not run:
+            self._refuse_quarantined(run_id)
+            raise UnknownRun(f"run: no run {run_id!r}")
+
+    def _roll_back(self, run: Run) -> None:
+        """Take ``run`` back to what the store holds, after a group applied in memory could not be
+        journaled (caller holds the run lock). The store's image and journal are replayed into a
+        scratch host and ``run`` takes that state (readers waiting on its lock then see it). If the
+        store cannot give the run back either, the run is quarantined: refused, loudly, until a
+        restart recovers it from the store."""
+        run_id = run.spec.run_id
+        if self.store is None:
+            return  # nothing is journaled: memory is all there is
+        try:
+            scratch = RunHost(store=self.store, history_max_points=self.history_max_points,
+                              image_every_events=self.image_every_events)
+            if scratch.recover([self.store.load_run(run_id)]) == 1 and run_id in scratch._runs:
+                run.adopt(scratch._runs[run_id])
+                if run_id in scratch._last_command:
+                    self._last_command[run_id] = scratch._last_command[run_id]
+                log.warning("run %s: a journal write failed; the run was taken back to what the store holds",
+                            run_id)
+                return
+            reason = scratch.quarantined().get(run_id, "the store does not hold it")
+        except Exception as exc:  # the store could not be read: refuse the run rather than serve unjournaled state
+            reason = f"{type(exc).__name__}: {exc}"
+        self.quarantine(run_id, f"a journal write failed and the store could not give the run back ({reason})"[:500])
 
     def _log_missing_ranks(self, run: Run) -> None:
         """Once per run, after the grace period: ranks that never joined (caller holds the lock)."""
@@ -303,6 +391,8 @@ class RunHost:
 
     def _append(self, run_id: str, kind: str, payload: Mapping[str, Any], run: Run | None = None) -> None:
         """Journal a command of ``run`` (None: the run is being created); caller holds the run's lock."""
+        if run is not None:
+            self._writable(run_id, run)
         if self.store is not None:
             self._last_command[run_id] = self.store.append(run_id, kind, payload)
 
@@ -370,8 +460,14 @@ class RunHost:
         image["sink_backlogs"] = self._sink_backlogs(run)
         self.store.write_image(run.spec.run_id, self._last_command[run.spec.run_id], image)
         run.events_since_image = 0
-        self.image_writes += 1
-        self.image_seconds += time.perf_counter() - started
+        with self._figures:
+            self.image_writes += 1
+            self.image_seconds += time.perf_counter() - started
+
+    def _committed(self, deliveries: int) -> None:
+        with self._figures:
+            self.journal_commits += 1
+            self.committed_deliveries += deliveries
 
     def _sink_backlogs(self, run: Run) -> dict[str, Any]:
         keeping = [sink for sink in self.sinks if isinstance(sink, ResumingSink)]
@@ -500,7 +596,8 @@ class RunHost:
                     if isinstance(value, int | float) and not isinstance(value, bool):
                         sinks[(sink.name, figure)] = sinks.get((sink.name, figure), 0) + value
         return {"runs": runs, "counters": counters, "held": held, "sinks": sinks,
-                "images": {"writes": self.image_writes, "seconds": self.image_seconds}}
+                "images": {"writes": self.image_writes, "seconds": self.image_seconds},
+                "groups": {"commits": self.journal_commits, "deliveries": self.committed_deliveries}}
 
 
 def _journal_events(session_id: str, seq: int, events: Sequence[Event],

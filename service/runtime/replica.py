@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 from client._wire import Event
 from service.core.emission import Sink
-from service.core.errors import NotOwner, StoreDamaged, StoreFenced, UnknownRun
+from service.core.errors import NotOwner, ServiceError, StoreDamaged, StoreFenced, UnknownRun
 from service.core.run_commands import Run
 from service.core.spec import check_run_id, parse_spec
 from service.runtime.fencing import FencedStore, ReadOnlyStore, SharedStore
-from service.runtime.host import RunHost
+from service.runtime.host import Delivery, RunHost
 from service.runtime.ownership import Ownership
 
 log = logging.getLogger("linnaeus_metrics.replica")
@@ -116,10 +116,14 @@ class ReplicaHost(RunHost):
         with old.lock:  # a write that gets the lock after this sees it retired (``_append``)
             self.forget(run_id)
 
-    def _append(self, run_id: str, kind: str, payload: Mapping[str, Any], run: Run | None = None) -> None:
-        if run is not None and self._runs.get(run_id) is not run:
+    def _writable(self, run_id: str, run: Run) -> None:
+        if self._runs.get(run_id) is not run:
             raise RunRetired(f"run {run_id!r}: this copy was replaced by a takeover; the write was not made")
-        super()._append(run_id, kind, payload, run)
+
+    def _roll_back(self, run: Run) -> None:
+        """A group applied in memory could not be journaled: forget this copy (the caller holds its
+        lock); the next request takes the run over again from the store, as after a lost lease."""
+        self.forget(run.spec.run_id)
 
     def _elsewhere(self, run_id: str) -> NotOwner:
         owner = self.ownership.owner(run_id)
@@ -157,6 +161,10 @@ class ReplicaHost(RunHost):
                body: tuple[bytes, str] | None = None) -> dict[str, int]:
         """Apply a delivery to the owned run."""
         return self._writing(run_id, lambda: super(ReplicaHost, self).ingest(run_id, session_id, seq, events, body))
+
+    def ingest_many(self, run_id: str, deliveries: Sequence[Delivery]) -> list[dict[str, int] | ServiceError]:
+        """Apply deliveries to the owned run with one journal transaction (``RunHost.ingest_many``)."""
+        return self._writing(run_id, lambda: super(ReplicaHost, self).ingest_many(run_id, deliveries))
 
     def restore(self, run_id: str, session_id: str, snapshot: Mapping[str, Any]) -> dict[str, Any]:
         """Roll the owned run back to a snapshot's cut."""

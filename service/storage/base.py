@@ -9,7 +9,7 @@ default.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +35,10 @@ class Store(Protocol):
     def append(self, run_id: str, command: str, payload: Mapping[str, Any]) -> int:
         """Make one command durable; returns its id (increasing per store)."""
 
+    def append_many(self, run_id: str, command: str, payloads: Sequence[Mapping[str, Any]]) -> int:
+        """Make several commands durable in ONE transaction (all or none, one sync to disk);
+        returns the last one's id."""
+
     def write_image(self, run_id: str, command_id: int, image: Mapping[str, Any]) -> None:
         """Replace the run's journal up to ``command_id`` by ``image`` (atomically)."""
 
@@ -50,6 +54,9 @@ class Store(Protocol):
     def load(self) -> Iterator[StoredRun]:
         """Every run, in creation order, for recovery; a run that cannot be read comes with
         its ``damage`` (the other runs still come)."""
+
+    def load_run(self, run_id: str) -> StoredRun:
+        """One run's image and journal tail (StoreDamaged: a row cannot be decoded)."""
 
     def probe(self) -> None:
         """Prove the store can write now; raises ``StoreUnavailable`` otherwise."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -170,6 +170,24 @@ class PostgresStore:
                              (run_id, command, body)).fetchone()
         assert row is not None
         return int(row[0])
+
+    def append_many(self, run_id: str, command: str, payloads: Sequence[Mapping[str, Any]], *,
+                    token: int | None = None) -> int:
+        """Make several commands durable in one transaction (one commit); returns the last id.
+
+        Raises:
+            StoreFenced: ``token`` is not the run's current, unexpired lease.
+            StoreUnavailable: the database cannot take the write.
+        """
+        bodies = [pack(dict(payload)) for payload in payloads]
+        last = 0
+        with self._write(run_id, token) as db:
+            for body in bodies:
+                row = db.execute("INSERT INTO commands (run_id, kind, payload) VALUES (%s, %s, %s) RETURNING id",
+                                 (run_id, command, body)).fetchone()
+                assert row is not None
+                last = int(row[0])
+        return last
 
     def write_image(self, run_id: str, command_id: int, image: Mapping[str, Any], *,
                     token: int | None = None) -> None:

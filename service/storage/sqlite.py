@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,14 @@ class SqliteStore:
             cursor = self._write("INSERT INTO commands (run_id, kind, payload) VALUES (?, ?, ?)",
                                  (run_id, command, body))
             return int(cursor.lastrowid or 0)
+
+    def append_many(self, run_id: str, command: str, payloads: Sequence[Mapping[str, Any]], *,
+                    token: int | None = None) -> int:
+        """Make several commands durable in one transaction (one WAL sync); returns the last id."""
+        bodies = [pack(dict(payload)) for payload in payloads]
+        with self._lock:
+            return self._transaction([("INSERT INTO commands (run_id, kind, payload) VALUES (?, ?, ?)",
+                                       (run_id, command, body)) for body in bodies])
 
     def write_image(self, run_id: str, command_id: int, image: Mapping[str, Any], *,
                     token: int | None = None) -> None:
@@ -195,12 +203,15 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"store {self.path}: write failed ({exc})") from exc
 
-    def _transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        """Run ``statements`` in one transaction; returns the rowid the last one inserted (0: none)."""
+        last = 0
         try:
             self._db.execute("BEGIN IMMEDIATE")
             for sql, params in statements:
-                self._db.execute(sql, params)
+                last = int(self._db.execute(sql, params).lastrowid or last)
             self._db.execute("COMMIT")
+            return last
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")

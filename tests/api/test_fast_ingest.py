@@ -59,13 +59,13 @@ async def _replies(tmp_path: Path, fast: bool) -> list[tuple[int, Any]]:
 
 async def test_the_fast_path_answers_as_the_route_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     served: list[str] = []
-    original = fast_ingest.ingest_delivery
+    original = fast_ingest.ingest_group
 
     def counting(*args: Any) -> Any:
-        served.append(args[2])
+        served.extend(args[2] for _ in args[3])  # the run id, once per delivery of the group
         return original(*args)
 
-    monkeypatch.setattr(fast_ingest, "ingest_delivery", counting)
+    monkeypatch.setattr(fast_ingest, "ingest_group", counting)
     fast = await _replies(tmp_path, fast=True)
     assert len(served) == 8  # every delivery that reached decoding went through the fast path
     served.clear()
@@ -77,65 +77,125 @@ async def test_the_fast_path_answers_as_the_route_does(tmp_path: Path, monkeypat
     assert any('route="/v1/runs/{run_id}/events"' in line and 'status="200"' in line for line in fast[-1][1])
 
 
-async def test_a_runs_deliveries_take_turns_and_other_runs_go_beside_them() -> None:
-    """RunTurns: while one delivery of run "a" holds its turn, a second one of "a" waits and one of
-    "b" goes ahead; turns come in arrival order and the bookkeeping is gone afterwards."""
+class _Pool:
+    """A stand-in for the ingest pool: each group waits until the test releases it."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.groups: list[list[str]] = []
+        self.entered: asyncio.Queue[list[str]] = asyncio.Queue()
+        self.gates: dict[str, asyncio.Event] = {}
+        self.fail: dict[str, BaseException] = {}  # a group led by this item fails as a whole
+
+    def gate(self, name: str) -> Any:
+        import asyncio
+
+        return self.gates.setdefault(name, asyncio.Event())
+
+    async def process(self, items: list[str]) -> list[Any]:
+        self.groups.append(list(items))
+        await self.entered.put(list(items))
+        await self.gate(items[0]).wait()
+        if items[0] in self.fail:
+            raise self.fail[items[0]]
+        return [ValueError(f"refused {i}") if i.startswith("bad") else f"ok {i}" for i in items]
+
+
+async def test_a_runs_deliveries_wait_while_its_group_is_in_the_pool_then_go_as_one_group() -> None:
+    """RunTurns: while a group of run "a" is in the pool, later deliveries of "a" wait and then go
+    together, in arrival order; a delivery of "b" goes beside it; the bookkeeping is gone afterwards."""
     import asyncio
 
-    turns = fast_ingest.RunTurns()
-    inside: dict[str, int] = {"a": 0, "b": 0}
-    most: dict[str, int] = {"a": 0, "b": 0}
-    order: list[str] = []
-    release = {name: asyncio.Event() for name in ("a1", "a2", "a3", "b1")}
-    entered = {name: asyncio.Event() for name in release}
+    turns: fast_ingest.RunTurns[str] = fast_ingest.RunTurns()
+    pool = _Pool()
 
-    async def deliver(name: str) -> None:
-        run = name[0]
-        async with turns.turn(run):
-            inside[run] += 1
-            most[run] = max(most[run], inside[run])
-            order.append(name)
-            entered[name].set()
-            await release[name].wait()
-            inside[run] -= 1
+    def submit(name: str) -> asyncio.Task[Any]:
+        return asyncio.create_task(turns.submit(name[0], name, pool.process))
 
-    tasks = [asyncio.create_task(deliver(n)) for n in ("a1", "a2", "a3")]
-    await asyncio.wait_for(entered["a1"].wait(), 10)
-    b = asyncio.create_task(deliver("b1"))
-    await asyncio.wait_for(entered["b1"].wait(), 10)  # another run is not held up by "a"
-    assert not entered["a2"].is_set() and not entered["a3"].is_set() and len(turns) == 2
-    release["b1"].set()
-    await asyncio.wait_for(b, 10)
-    for name in ("a1", "a2", "a3"):
-        release[name].set()
-    await asyncio.wait_for(asyncio.gather(*tasks), 10)
-    assert order == ["a1", "b1", "a2", "a3"] and most == {"a": 1, "b": 1}
+    a1 = submit("a1")
+    assert await asyncio.wait_for(pool.entered.get(), 10) == ["a1"]  # an idle run's delivery goes at once, alone
+    a2, a3 = submit("a2"), submit("a3")
+    b1 = submit("b1")
+    assert await asyncio.wait_for(pool.entered.get(), 10) == ["b1"]  # another run is not held up by "a"
+    assert len(turns) == 2 and not a2.done()
+    pool.gate("b1").set()
+    assert await asyncio.wait_for(b1, 10) == "ok b1"
+    pool.gate("a1").set()
+    assert await asyncio.wait_for(a1, 10) == "ok a1"
+    assert await asyncio.wait_for(pool.entered.get(), 10) == ["a2", "a3"]  # those that waited: one group
+    pool.gate("a2").set()
+    assert await asyncio.wait_for(asyncio.gather(a2, a3), 10) == ["ok a2", "ok a3"]
+    assert pool.groups == [["a1"], ["b1"], ["a2", "a3"]]
+    await asyncio.sleep(0)  # the run's driver task ends after its last group
+    assert len(turns) == 0
+
+
+async def test_each_delivery_gets_its_own_answer_and_a_failed_group_fails_every_delivery_of_it() -> None:
+    import asyncio
+
+    turns: fast_ingest.RunTurns[str] = fast_ingest.RunTurns()
+    pool = _Pool()
+    first = asyncio.create_task(turns.submit("a", "a1", pool.process))
+    await asyncio.wait_for(pool.entered.get(), 10)
+    group = [asyncio.create_task(turns.submit("a", name, pool.process)) for name in ("bad2", "a3")]
+    pool.gate("a1").set()
+    assert await asyncio.wait_for(first, 10) == "ok a1"
+    assert await asyncio.wait_for(pool.entered.get(), 10) == ["bad2", "a3"]
+    pool.gate("bad2").set()
+    with pytest.raises(ValueError, match="refused bad2"):
+        await asyncio.wait_for(group[0], 10)
+    assert await asyncio.wait_for(group[1], 10) == "ok a3"  # its neighbour's refusal is not its own
+
+    pool.fail["a4"] = OSError("the store is gone")
+    failing = [asyncio.create_task(turns.submit("a", name, pool.process)) for name in ("a4",)]
+    await asyncio.wait_for(pool.entered.get(), 10)
+    waiting = [asyncio.create_task(turns.submit("a", name, pool.process)) for name in ("a5", "a6")]
+    await asyncio.sleep(0)
+    pool.fail["a5"] = OSError("still gone")
+    pool.gate("a4").set()
+    with pytest.raises(OSError, match="the store is gone"):
+        await asyncio.wait_for(failing[0], 10)
+    assert await asyncio.wait_for(pool.entered.get(), 10) == ["a5", "a6"]
+    pool.gate("a5").set()
+    for task in waiting:  # the whole group's failure is every delivery's answer
+        with pytest.raises(OSError, match="still gone"):
+            await asyncio.wait_for(task, 10)
+    await asyncio.sleep(0)
     assert len(turns) == 0
 
 
 async def test_a_delivery_cancelled_while_it_waits_gives_up_its_place() -> None:
     import asyncio
 
-    turns = fast_ingest.RunTurns()
-    held, go, started = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-    async def holder() -> None:
-        async with turns.turn("a"):
-            held.set()
-            await go.wait()
-
-    async def waiter() -> None:
-        started.set()  # the test resumes only once this task is suspended in the turn's queue
-        async with turns.turn("a"):
-            raise AssertionError("a cancelled waiter must not get the turn")
-
-    first = asyncio.create_task(holder())
-    await asyncio.wait_for(held.wait(), 10)
-    second = asyncio.create_task(waiter())
-    await asyncio.wait_for(started.wait(), 10)
-    second.cancel()
+    turns: fast_ingest.RunTurns[str] = fast_ingest.RunTurns()
+    pool = _Pool()
+    first = asyncio.create_task(turns.submit("a", "a1", pool.process))
+    await asyncio.wait_for(pool.entered.get(), 10)
+    waiter = asyncio.create_task(turns.submit("a", "a2", pool.process))
+    await asyncio.sleep(0)  # it now waits for the next group
+    waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await second
-    go.set()
-    await asyncio.wait_for(first, 10)
-    assert len(turns) == 0
+        await waiter
+    pool.gate("a1").set()
+    assert await asyncio.wait_for(first, 10) == "ok a1"
+    await asyncio.sleep(0)
+    assert pool.groups == [["a1"]] and len(turns) == 0  # the cancelled delivery never reached the pool
+
+
+async def test_groups_are_bounded_in_deliveries_and_bytes() -> None:
+    import asyncio
+
+    turns: fast_ingest.RunTurns[str] = fast_ingest.RunTurns(max_group=2, max_bytes=100)
+    pool = _Pool()
+    sizes = {"a1": 10, "a2": 10, "a3": 10, "a4": 10, "a5": 95, "a6": 200, "a7": 10}
+    tasks = {"a1": asyncio.create_task(turns.submit("a", "a1", pool.process, sizes["a1"]))}
+    await asyncio.wait_for(pool.entered.get(), 10)
+    for name in ("a2", "a3", "a4", "a5", "a6", "a7"):
+        tasks[name] = asyncio.create_task(turns.submit("a", name, pool.process, sizes[name]))
+    await asyncio.sleep(0)
+    for name in sizes:
+        pool.gate(name).set()
+    assert await asyncio.wait_for(asyncio.gather(*tasks.values()), 10) == [f"ok {n}" for n in tasks]
+    # two at most; a group's bodies stay within max_bytes, except a single delivery larger than that
+    assert pool.groups == [["a1"], ["a2", "a3"], ["a4"], ["a5"], ["a6"], ["a7"]]

@@ -67,3 +67,52 @@ def _epoch(item) -> int:  # type: ignore[no-untyped-def]
     if kind == "end":
         return int(value[1])
     return int(value[2] > 8)
+
+
+def _prometheus(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_ranks_posting_at_once_are_ingested_in_groups_and_equal_reference(live_server: LiveServer) -> None:
+    """Twelve ranks post their deliveries at the same moment (plain HTTP, msgpack): the run is busy, so
+    deliveries that wait for it go together, one journal commit per group; every reply acknowledges
+    its delivery, and the values equal the reference."""
+    import threading
+
+    from client._wire import MSGPACK_TYPE, encode_event, pack_body
+    from tests.conftest import stream_events
+
+    ranks, per_delivery = 12, 3
+    data = make_run(23, world_size=ranks, steps_per_epoch=5, epochs=2)
+    url = live_server.url
+    httpx.post(f"{url}/v1/runs", json=data.spec("e2e", METRICS)).raise_for_status()
+    sessions = [httpx.post(f"{url}/v1/runs/e2e/sessions", json={"rank": r}).json()["session"] for r in range(ranks)]
+    start = threading.Barrier(ranks)
+    acked: dict[int, list[int]] = {r: [] for r in range(ranks)}
+
+    def post(rank: int) -> None:
+        events = stream_events(data, rank)
+        with httpx.Client(base_url=url, timeout=60) as api:
+            start.wait(30)
+            for seq in range(0, len(events), per_delivery):
+                body = {"session": sessions[rank], "seq": seq,
+                        "events": [encode_event(e, True) for e in events[seq:seq + per_delivery]]}
+                reply = api.post("/v1/runs/e2e/events", content=pack_body(body, True),
+                                 headers={"content-type": MSGPACK_TYPE})
+                reply.raise_for_status()
+                acked[rank].append(reply.json()["acked_seq"])
+
+    threads = [threading.Thread(target=post, args=(r,)) for r in range(ranks)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for rank in range(ranks):
+        count = len(stream_events(data, rank))
+        assert acked[rank] == [min(seq + per_delivery, count) for seq in range(0, count, per_delivery)]
+    deliveries = sum(len(a) for a in acked.values())
+    assert _prometheus(url, "linnaeus_journal_committed_deliveries_total") == deliveries
+    commits = _prometheus(url, "linnaeus_journal_commits_total")
+    assert 0 < commits < deliveries  # deliveries that found the run busy went in groups
+    check_against_reference(url, "e2e", data)

@@ -35,6 +35,17 @@ class Backend:
         """Overwrite a meta row (e.g. a schema version written by a newer service)."""
         self.execute(f"UPDATE meta SET value = {self._param} WHERE key = {self._param}", (value, key))
 
+    def refuse_payloads_over(self, size: int) -> None:
+        """A trigger that fails any journal insert whose payload is larger than ``size`` bytes: a write
+        that breaks off in the middle of a transaction, on either database."""
+        if self.name == "sqlite":
+            self.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON commands WHEN length(NEW.payload) > {size} "
+                         "BEGIN SELECT RAISE(ABORT, 'payload refused'); END", ())
+            return
+        self.execute("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN IF length(NEW.payload) > "
+                     f"{size} THEN RAISE EXCEPTION 'payload refused'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql", ())
+        self.execute("CREATE TRIGGER refuse BEFORE INSERT ON commands FOR EACH ROW EXECUTE FUNCTION refuse()", ())
+
     @property
     def _param(self) -> str:
         return "?" if self.name == "sqlite" else "%s"

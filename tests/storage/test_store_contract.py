@@ -43,6 +43,30 @@ def test_journal_reads_back_in_append_order(store: Any) -> None:
         assert [i for i, _, _ in loaded.commands] == sorted(i for i, _, _ in loaded.commands)
 
 
+def test_a_group_of_commands_is_written_all_or_none(backend: Backend, store: Any) -> None:
+    """``append_many``: one transaction; its rows read back in order among single appends, and a write
+    that fails in the middle of the group leaves none of its rows."""
+    rng = np.random.default_rng(2)
+    token = _token(store, "a")
+    payloads = _payloads(rng, 9)
+    first = store.append("a", "create", payloads[0], token=token)
+    last = store.append_many("a", "events", payloads[1:5], token=token)
+    after = store.append("a", "session", payloads[5], token=token)
+    loaded = store.load_run("a").commands
+    assert [(k, p) for _, k, p in loaded] == [("create", payloads[0]), *(("events", p) for p in payloads[1:5]),
+                                             ("session", payloads[5])]
+    ids = [i for i, _, _ in loaded]
+    assert ids[0] == first and ids[4] == last and ids[5] == after and ids == sorted(set(ids))
+
+    backend.refuse_payloads_over(10_000)
+    big = {"session": "s", "seq": 99, "body": b"x" * 20_000}
+    with pytest.raises(StoreUnavailable):
+        store.append_many("a", "events", [payloads[6], payloads[7], big, payloads[8]], token=token)
+    assert store.load_run("a").commands == loaded  # not even the rows before the refused one
+    store.append_many("a", "events", payloads[6:9], token=token)  # the store still takes writes
+    assert [p for _, _, p in store.load_run("a").commands][6:] == payloads[6:9]
+
+
 def test_runs_load_in_creation_order_and_survive_reopening(backend: Backend, store: Any) -> None:
     for run in ("zeta", "alpha", "mid"):
         store.append(run, "create", {"spec": {"run_id": run}}, token=_token(store, run))

@@ -51,6 +51,7 @@ def _take(store: PostgresStore, owner: str, ttl_s: float = 30.0, run_id: str = "
 
 def _every_write(store: PostgresStore, token: int) -> list[Callable[[], Any]]:
     return [lambda: store.append("r", "events", {"late": True}, token=token),
+            lambda: store.append_many("r", "events", [{"late": True}, {"late": 2}], token=token),
             lambda: store.write_image("r", 10**9, {"late": True}, token=token),
             lambda: store.put_blob("r", "checkpoint", "late", {"late": True}, token=token),
             lambda: store.delete_run("r", token=token)]

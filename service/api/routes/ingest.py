@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from anyio import to_thread
@@ -14,6 +15,7 @@ from client._wire import (
     BatchBlock,
     BatchEvent,
     Event,
+    WireError,
     decode_events,
     record_count,
     unpack_body,
@@ -21,7 +23,8 @@ from client._wire import (
 from service.api.deps import HostDep, SettingsDep
 from service.api.errors import BodyTooLarge
 from service.api.schemas import ERRORS, Ack, Delivery, SessionCreate, SessionOut
-from service.core.errors import InvalidInput
+from service.core.errors import InvalidInput, ServiceError
+from service.runtime.host import Delivery as HostDelivery
 from service.runtime.host import RunHost
 from service.settings import Settings
 
@@ -58,6 +61,26 @@ def ingest_delivery(host: RunHost, settings: Settings, run_id: str, raw: bytes,
     """Decode a delivery body and ingest it (in one worker thread: the append to the store blocks)."""
     delivery, events = decode_delivery(raw, content_type, settings)
     return host.ingest(run_id, delivery.session, delivery.seq, events, (raw, content_type))
+
+
+def ingest_group(host: RunHost, settings: Settings, run_id: str,
+                 posted: Sequence[tuple[bytes, str]]) -> list[dict[str, int] | ServiceError | WireError]:
+    """Decode deliveries of one run (each body with its content type) and ingest them with one
+    journal transaction (``RunHost.ingest_many``), in one worker thread. A body that does not
+    decode gets its own error; the others go ahead. Returns each delivery's reply or error;
+    raises what fails the whole group (the store)."""
+    results: list[dict[str, int] | ServiceError | WireError | None] = []
+    deliveries: list[HostDelivery] = []
+    for raw, content_type in posted:
+        try:
+            delivery, events = decode_delivery(raw, content_type, settings)
+        except (ServiceError, WireError) as exc:
+            results.append(exc)
+            continue
+        results.append(None)
+        deliveries.append((delivery.session, delivery.seq, events, (raw, content_type)))
+    replies = iter(host.ingest_many(run_id, deliveries) if deliveries else ())
+    return [next(replies) if result is None else result for result in results]
 
 
 def decode_delivery(raw: bytes, content_type: str, settings: Settings) -> tuple[Delivery, list[Event]]:
