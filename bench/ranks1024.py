@@ -116,8 +116,19 @@ def play(url: str, pid: int, run_id: str, ranks: int, records: int, seconds: flo
     if emitted != window:
         raise RuntimeError(f"the last train/loss window is at step {emitted}, expected {window}")
     return {"cpu_s": cpu, "wall_s": wall, "requests": ranks * (steps // records), "records": want,
-            "step_windows": float(emitted),
+            "step_windows": float(emitted), "group": journal_group(url),
             "simulated_s": steps / STEPS_PER_S}
+
+
+def journal_group(url: str) -> float:
+    """Deliveries per journal commit, from the service's own metrics (0: a service that does not count them)."""
+    figures = {"linnaeus_journal_commits_total": 0.0, "linnaeus_journal_committed_deliveries_total": 0.0}
+    for line in httpx.get(f"{url}/metrics", timeout=60).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in figures:
+            figures[name] = float(value)
+    commits = figures["linnaeus_journal_commits_total"]
+    return figures["linnaeus_journal_committed_deliveries_total"] / commits if commits else 0.0
 
 
 def main() -> int:
@@ -152,13 +163,15 @@ def main() -> int:
                          f"{got['cpu_s']:.1f}", f"{got['wall_s']:.1f}",
                          f"{got['cpu_s'] / got['requests'] * 1e3:.2f}",
                          f"{got['records'] * BATCH / got['cpu_s']:,.0f}", f"{cores:.2f}",
-                         f"{int(got['step_windows'])}"])
+                         f"{int(got['step_windows'])}", f"{got['group']:.2f}" if got["group"] else "-"])
             print(f"[{name} done]", file=sys.stderr, flush=True)
     print(c.table(["cadence", "records/request", "requests", "records", "simulated s", "service CPU s",
                    "wall s", "CPU ms/request", "samples/service CPU-s", "service cores needed",
-                   "last train/loss step"], rows))
+                   "last train/loss step", "deliveries/commit"], rows))
     print("\n(service cores needed = service CPU seconds / simulated seconds: what keeps up with the run in real "
-          "time; every record was counted by the run and the step windows emitted, checked)")
+          "time; every record was counted by the run and the step windows emitted, checked; deliveries/commit: "
+          "deliveries made durable by one journal commit, from the service's /metrics, '-' for a service without "
+          "group commit)")
     return 0
 
 
