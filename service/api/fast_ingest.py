@@ -31,7 +31,7 @@ from service.api.routes.ingest import ingest_group
 from service.core.errors import ServiceError
 
 PREFIX, SUFFIX = "/v1/runs/", "/events"
-MAX_GROUP = 64  # deliveries of one run ingested with one journal transaction, at most
+MAX_GROUP = 16  # deliveries of one run ingested with one journal transaction, at most (each waits for its group)
 MAX_GROUP_BYTES = 64 * 2**20  # and about this much of their bodies
 T = TypeVar("T")
 ROUTE_PATH = PREFIX + "{run_id}" + SUFFIX
