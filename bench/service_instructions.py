@@ -4,7 +4,7 @@ bench/ranks1024.py measures the service's CPU per request through HTTP, and its 
 with the machine (1.00-1.06 cores on one VM, 0.76-0.88 on another for the same tree). This
 counts instructions instead, in one process and one thread, for what a worker thread does
 per delivery: ``decode_delivery`` (msgpack, pydantic, the columnar blocks) and
-``RunHost.ingest`` (check, journal row in a real SQLite file, statistics, the per-row state
+``RunHost.ingest_many`` (check, journal row in a real SQLite file, statistics, the per-row state
 machine, windows and epochs, recovery images as configured by default). The HTTP stack is
 left out (bench/requests.py has it). The deliveries are what ranks1024.py posts: ``--ranks``
 ranks (32) each sending ``--deliveries`` (6) deliveries of 20 records (the default cadence of
@@ -16,7 +16,10 @@ the deliveries is the cost of one. ``PYTHONHASHSEED=0``. With ``--compare-tree D
 checkout of an earlier commit) the same count is taken with that tree's service. What it
 does not show: cache misses, lock waits and the fsync's time.
 
-Run: ``.venv/bin/python bench/service_instructions.py [--ranks 32] [--deliveries 6] [--compare-tree DIR]``
+``--group N`` ingests N deliveries together, as the fast path does with deliveries that find
+their run busy (one journal transaction; its fsync, a system call, is not counted).
+
+Run: ``.venv/bin/python bench/service_instructions.py [--ranks 32] [--deliveries 6] [--group 1] [--compare-tree DIR]``
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ import _common as c
 RECORDS = 20  # a delivery's records at a 1,024-rank run's default cadence (4 s at 5 steps/s)
 
 
-def child(ranks: int, deliveries: int, play: bool, data_dir: str) -> None:
+def child(ranks: int, deliveries: int, play: bool, data_dir: str, group: int) -> None:
     """Build the run and its deliveries (the client and service of ``_common.TREE``); ingest them when
-    ``play``. The parent counts instructions."""
+    ``play``, as the fast path does: in groups of ``group`` through ``ingest_group`` (a tree without
+    group commit: one by one through ``ingest_delivery``). The parent counts instructions."""
     from ranks1024 import Deliveries
 
     from client._wire import MSGPACK_TYPE
-    from service.api.routes.ingest import ingest_delivery
+    from service.api.routes import ingest
     from service.runtime.host import RunHost
     from service.settings import Settings
     from service.storage.sqlite import SqliteStore
@@ -58,25 +62,34 @@ def child(ranks: int, deliveries: int, play: bool, data_dir: str) -> None:
     sessions = [host.open_session("instructions", r)["session"] for r in range(ranks)]
     bodies = [body for _, body in Deliveries(sessions, RECORDS, RECORDS * deliveries)]
     if play:
-        for body in bodies:
-            ingest_delivery(host, settings, "instructions", body, MSGPACK_TYPE)
+        grouped = getattr(ingest, "ingest_group", None)
+        for at in range(0, len(bodies), group):
+            if grouped is None:
+                for body in bodies[at:at + group]:
+                    ingest.ingest_delivery(host, settings, "instructions", body, MSGPACK_TYPE)
+                continue
+            results = grouped(host, settings, "instructions", [(b, MSGPACK_TYPE) for b in bodies[at:at + group]])
+            refused = [r for r in results if isinstance(r, Exception)]
+            if refused:
+                raise RuntimeError(f"a delivery was refused: {refused[0]}")
         state = host.get("instructions").state  # checked, not assumed: every rank's steps went in
         if min(r.completed for r in state.ranks) != RECORDS * deliveries - 1:  # the last one completes later
             raise RuntimeError("the deliveries were not all applied")
     os._exit(0)  # no teardown: its work is not a delivery's
 
 
-def total_instructions(ranks: int, deliveries: int, play: bool, tree: Path | None, tmp: Path) -> int:
-    tag = f"{int(play)}.{os.getpid()}.{tree.name if tree else 'this'}"
+def total_instructions(ranks: int, deliveries: int, play: bool, tree: Path | None, tmp: Path, group: int) -> int:
+    tag = f"{int(play)}.{os.getpid()}.{tree.name if tree else 'this'}.{group}"
     out, data = tmp / f"callgrind.{tag}", tmp / f"data.{tag}"
     data.mkdir()
-    argv = [__file__, "--child", str(ranks), str(deliveries), "play" if play else "build", str(data)]
+    argv = [__file__, "--child", str(ranks), str(deliveries), "play" if play else "build", str(data), str(group)]
     return c.callgrind_main_thread(argv, out, timeout_s=1800, tree=tree)
 
 
-def per_delivery(ranks: int, deliveries: int, tree: Path | None, tmp: Path) -> float:
+def per_delivery(ranks: int, deliveries: int, tree: Path | None, tmp: Path, group: int) -> float:
     with ThreadPoolExecutor(2) as pool:  # the two runs in parallel: one a core
-        base, played = pool.map(lambda play: total_instructions(ranks, deliveries, play, tree, tmp), (False, True))
+        base, played = pool.map(lambda play: total_instructions(ranks, deliveries, play, tree, tmp, group),
+                                (False, True))
     return (played - base) / (ranks * deliveries)
 
 
@@ -85,11 +98,13 @@ def main() -> int:
     parser.add_argument("--ranks", type=int, default=32)
     parser.add_argument("--deliveries", type=int, default=6, help="a rank's deliveries of 20 records each")
     parser.add_argument("--compare-tree", type=Path, default=None, help="an earlier checkout to count as well")
+    parser.add_argument("--group", type=int, default=1,
+                        help="deliveries ingested together (group commit), as when they find their run busy")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        ranks, deliveries, mode, data_dir = args.child
-        child(int(ranks), int(deliveries), mode == "play", data_dir)
+        ranks, deliveries, mode, data_dir, group = args.child
+        child(int(ranks), int(deliveries), mode == "play", data_dir, int(group))
         return 0
     if shutil.which("valgrind") is None:
         print("service_instructions: needs valgrind (apt-get install -y valgrind)", file=sys.stderr)
@@ -98,13 +113,15 @@ def main() -> int:
     c.print_header("service_instructions: instructions to decode and ingest one delivery (callgrind, in-process)",
                    [f"{args.ranks} ranks x {args.deliveries} deliveries of {RECORDS} records (256 samples, 4 tasks "
                     "50/500/2k/10k classes, top-3, subsets rarity x3 + mask x2), minus building them; main thread; "
-                    "PYTHONHASHSEED=0; SQLite FULL, default image interval; no HTTP",
+                    "PYTHONHASHSEED=0; SQLite FULL, default image interval; no HTTP; "
+                    f"ingested as the fast path does, in groups of {args.group} (a tree without group commit: one by "
+                    "one)",
                     "command: .venv/bin/python bench/service_instructions.py " + " ".join(sys.argv[1:])])
     trees: list[tuple[str, Path | None]] = [("this tree", None)]
     if args.compare_tree is not None:
         trees.append((str(args.compare_tree), args.compare_tree))
     with tempfile.TemporaryDirectory(prefix="bench-service-instructions-") as tmp_name:
-        counts = [per_delivery(args.ranks, args.deliveries, tree, Path(tmp_name)) for _, tree in trees]
+        counts = [per_delivery(args.ranks, args.deliveries, tree, Path(tmp_name), args.group) for _, tree in trees]
     row = [f"{n:,.0f}" for n in counts]
     headers = [f"instructions a delivery, {t}" for t, _ in trees]
     if len(counts) == 2:
