@@ -150,14 +150,11 @@ class RunHost:
     def quarantine(self, run_id: str, reason: str) -> None:
         """Refuse ``run_id`` from now on (recovery could not rebuild it); its stored data stays.
 
-        Takes no host lock: a failed group commit whose run cannot be reloaded calls it with the
-        run's lock held, and ``delete_run`` takes the host lock before a run's. Each step is one
-        dict operation, the refusal first.
+        Takes no host lock (see ``forget``): a failed group commit whose run cannot be reloaded
+        calls it with the run's lock held. The refusal comes first.
         """
         self._quarantined[run_id] = reason
-        self._runs.pop(run_id, None)
-        self._outboxes.pop(run_id, None)
-        self._last_command.pop(run_id, None)
+        self.forget(run_id)
         log.error("run %s quarantined: %s; its stored data is kept as it is, the run is refused until "
                   "it is repaired or deleted", run_id, reason)
 
@@ -186,11 +183,14 @@ class RunHost:
         return run_id in self._runs
 
     def forget(self, run_id: str) -> None:
-        """Drop a run from memory only (another replica took it over); its data stays in the store."""
-        with self._lock:
-            self._runs.pop(run_id, None)
-            self._outboxes.pop(run_id, None)
-            self._last_command.pop(run_id, None)
+        """Drop a run from memory only (another replica took it over); its data stays in the store.
+
+        Takes no host lock, like ``quarantine``: its callers hold the run's lock, and ``delete_run``
+        takes the host lock before a run's. Each step is one dict operation.
+        """
+        self._runs.pop(run_id, None)
+        self._outboxes.pop(run_id, None)
+        self._last_command.pop(run_id, None)
 
     def run_ids(self) -> list[str]:
         """Ids of every run, sorted."""

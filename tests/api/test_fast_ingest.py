@@ -102,6 +102,15 @@ class _Pool:
         return [ValueError(f"refused {i}") if i.startswith("bad") else f"ok {i}" for i in items]
 
 
+async def _busy(turns: fast_ingest.RunTurns[str], pool: _Pool) -> Any:
+    """Run "a" busy: its delivery "a1" submitted and in the pool (held there until the test releases it)."""
+    import asyncio
+
+    first = asyncio.create_task(turns.submit("a", "a1", pool.process))
+    assert await asyncio.wait_for(pool.entered.get(), 10) == ["a1"]
+    return first
+
+
 async def test_a_runs_deliveries_wait_while_its_group_is_in_the_pool_then_go_as_one_group() -> None:
     """RunTurns: while a group of run "a" is in the pool, later deliveries of "a" wait and then go
     together, in arrival order; a delivery of "b" goes beside it; the bookkeeping is gone afterwards."""
@@ -136,8 +145,7 @@ async def test_each_delivery_gets_its_own_answer_and_a_failed_group_fails_every_
 
     turns: fast_ingest.RunTurns[str] = fast_ingest.RunTurns()
     pool = _Pool()
-    first = asyncio.create_task(turns.submit("a", "a1", pool.process))
-    await asyncio.wait_for(pool.entered.get(), 10)
+    first = await _busy(turns, pool)
     group = [asyncio.create_task(turns.submit("a", name, pool.process)) for name in ("bad2", "a3")]
     pool.gate("a1").set()
     assert await asyncio.wait_for(first, 10) == "ok a1"
@@ -170,8 +178,7 @@ async def test_a_delivery_cancelled_while_it_waits_gives_up_its_place() -> None:
 
     turns: fast_ingest.RunTurns[str] = fast_ingest.RunTurns()
     pool = _Pool()
-    first = asyncio.create_task(turns.submit("a", "a1", pool.process))
-    await asyncio.wait_for(pool.entered.get(), 10)
+    first = await _busy(turns, pool)
     waiter = asyncio.create_task(turns.submit("a", "a2", pool.process))
     await asyncio.sleep(0)  # it now waits for the next group
     waiter.cancel()
