@@ -164,12 +164,7 @@ class PostgresStore:
             StoreFenced: ``token`` is not the run's current, unexpired lease.
             StoreUnavailable: the database cannot take the write.
         """
-        body = pack(dict(payload))
-        with self._write(run_id, token) as db:
-            row = db.execute("INSERT INTO commands (run_id, kind, payload) VALUES (%s, %s, %s) RETURNING id",
-                             (run_id, command, body)).fetchone()
-        assert row is not None
-        return int(row[0])
+        return self.append_many(run_id, command, [payload], token=token)
 
     def append_many(self, run_id: str, command: str, payloads: Sequence[Mapping[str, Any]], *,
                     token: int | None = None) -> int:

@@ -74,11 +74,7 @@ class SqliteStore:
 
     def append(self, run_id: str, command: str, payload: Mapping[str, Any], *, token: int | None = None) -> int:
         """Make one command durable; returns its id (``token``: see ``acquire``)."""
-        body = pack(dict(payload))
-        with self._lock:
-            cursor = self._write("INSERT INTO commands (run_id, kind, payload) VALUES (?, ?, ?)",
-                                 (run_id, command, body))
-            return int(cursor.lastrowid or 0)
+        return self.append_many(run_id, command, [payload])
 
     def append_many(self, run_id: str, command: str, payloads: Sequence[Mapping[str, Any]], *,
                     token: int | None = None) -> int:

@@ -28,10 +28,7 @@ from service.sinks.memory import MemorySink
 from service.storage.sqlite import SqliteStore
 from tests.conftest import RunData, make_run, stream_events
 from tests.reference import expected_history, expected_summary
-
-METRICS = {"STEP_INTERVAL": 3, "WANDB_INTERVAL": 4, "LR_INTERVAL": 2, "PIPELINE_INTERVAL": 5, "CONSOLE_INTERVAL": 7}
-INTERVALS = {"step": 3, "wandb": 4, "lr": 2, "pipeline": 5}
-TIMING = ("samples_per_sec", "eta_sec", "epoch_duration_sec", "core/")
+from tests.runtime.test_host import INTERVALS, METRICS, _history
 
 
 def _host(path: Path | None, sink: MemorySink | None = None) -> RunHost:
@@ -71,12 +68,6 @@ def _groups(deliveries: list[Delivery], seed: int) -> list[list[Delivery]]:
         groups.append(deliveries[at:at + n])
         at += n
     return groups
-
-
-def _history(host: RunHost) -> dict[str, list[tuple[int, float]]]:
-    series = host.history("r", None, None, None)["series"]
-    return {k: list(zip(v["steps"], v["values"], strict=True)) for k, v in series.items()
-            if not any(t in k for t in TIMING)}
 
 
 def _state(host: RunHost) -> Any:
