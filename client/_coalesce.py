@@ -18,6 +18,7 @@ past a marker or an epoch end.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, cast
 
@@ -38,14 +39,36 @@ from client._wire import (
 
 Key = tuple[Hashable, ...]
 
+#: Every batch shape (``shape_key``) seen in this process, numbered: a merge key holds the number, so the
+#: queue hashes a flat tuple of a few scalars (a tuple does not keep its hash, and a full queue hashes a
+#: key several times a put). ``count`` hands out numbers atomically for clients on several threads.
+_SHAPES: dict[Key, int] = {}
+_NUMBERS = itertools.count()
+
 
 def coalesce_key(event: Record, barrier: int) -> Key | None:
     """The merge key of a data record, or None for control records (never merged)."""
+    if type(event) is PackedBatch:  # the common case first
+        return ("batch", barrier, event.step, event.epoch, event.phase, _packed_shape(event))
     if isinstance(event, ScalarEvent):
         return (event.kind, barrier, event.step)
-    if type(event) is not PackedBatch and not isinstance(event, BatchEvent):
+    if not isinstance(event, BatchEvent):
         return None
-    return ("batch", barrier, event.step, event.epoch, event.phase, *shape_key(event))
+    return ("batch", barrier, event.step, event.epoch, event.phase, _shape_number(block_key(event)))
+
+
+def _packed_shape(event: PackedBatch) -> int:
+    """The number of a packed batch's ``shape_key``, looked up by what varies beyond its layout."""
+    known = event.layout.shapes
+    probe = (event.loss is None, tuple(event.task_losses), tuple(event.subsets))
+    number = known.get(probe)
+    if number is None:
+        number = known[probe] = _shape_number(shape_key(event))
+    return number
+
+
+def _shape_number(shape: Key) -> int:
+    return _SHAPES.setdefault(shape, next(_NUMBERS))
 
 
 def shape_key(event: BatchEvent | PackedBatch) -> Key:

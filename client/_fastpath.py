@@ -54,13 +54,14 @@ _INT64, _UINT64 = np.dtype(np.int64), np.dtype(np.uint64)  # native byte order
 class _Layout:
     """Where each task's arrays lie in the concatenated buffer, and their bounds."""
 
-    __slots__ = ("dtype", "int64", "ks", "length", "limits", "names", "size", "slices", "starts", "task_ks")
+    __slots__ = ("dtype", "int64", "ks", "length", "limits", "names", "shapes", "size", "slices", "starts", "task_ks")
 
     def __init__(self, names: Sequence[str], size: int, ks: Sequence[int], limits: Sequence[int],
                  int64: bool) -> None:
         self.names, self.size, self.ks = list(names), size, tuple(ks)
         self.int64 = int64  # every array native int64: their bytes can be joined as they are
         self.task_ks = tuple(sorted(zip(self.names, self.ks, strict=True)))  # part of the merge key
+        self.shapes: dict[tuple[Any, ...], int] = {}  # the merge key's shape number by the rest (client._coalesce)
         self.dtype = index_type(max(limits))  # what the checked buffer is kept as while it waits
         counts = [size] * len(ks) + [size * k for k in ks]
         self.limits = [*limits, *limits]  # each segment's class count: its indices lie in [0, limit)

@@ -38,6 +38,7 @@ class _Entry:
     barrier: int = 0  # control records queued before this one (records never merge across one)
     control: bool = False
     key: Key | None = None  # computed from half full on
+    group: _Group | None = None  # the group of its key, once keyed: leaving needs no lookup
     alive: bool = True
 
     def can_take(self, nbytes: int, samples: int, max_bytes: int) -> bool:
@@ -190,6 +191,7 @@ class EventQueue:
         group = self._groups.get(entry.key)
         if group is None:
             group = self._groups[entry.key] = _Group()
+        entry.group = group
         entries = group.entries
         if group.clean == len(entries) and not (
             entries and entries[-1].can_take(entry.nbytes, entry.samples, self.max_record_bytes)
@@ -253,7 +255,8 @@ class EventQueue:
         if entry.key is None:  # the oldest unkeyed record
             self._unlinked.popleft()
             return
-        group = self._groups[entry.key]
+        group = entry.group
+        assert group is not None  # keyed entries are linked
         del group.entries[0]
         group.clean = max(group.clean - 1, 0)
         if not group.entries:

@@ -156,6 +156,41 @@ def test_a_packed_record_merges_with_a_thorough_one_of_the_same_step() -> None:
     assert [vocabulary[c] for c in codes.tolist()] == first["subsets"]["rarity"] + second["subsets"]["rarity"]
 
 
+def test_merge_keys_agree_exactly_when_the_batches_could_merge() -> None:
+    """Packed batches are keyed by a shape number looked up on their layout; two records of one step share a key
+    exactly when ``block_key`` of their unpacked events (what a merge needs) is the same, packed or not."""
+    from client._coalesce import coalesce_key
+    from client._wire import block_key
+
+    rng = np.random.default_rng(21)
+    fast, records = FastBatches(TASKS), []
+    for variant in range(24):
+        args = _inputs(rng, 16)  # one batch size: records share layouts, so their shape numbers come from its table
+        if variant % 2:
+            args["loss"] = None
+        if variant % 3 == 1:
+            args["task_losses"] = {"c": 0.5, "a": 0.25}  # the same names in another order: still mergeable
+        elif variant % 3 == 2:
+            args["task_losses"] = {"b": 0.5}
+        if variant % 4 >= 2:
+            del args["subsets"]["mask"]
+        if variant % 5 == 0:  # a wider top-k for one task: another layout
+            args["topk"]["a"] = rng.integers(0, 5, (len(args["targets"]["a"]), 4))
+        packed = fast.build(3, 1, "train", 7.0, args["loss"], args["task_losses"], args["targets"], args["topk"],
+                            args["subsets"])
+        assert packed is not None
+        thorough = build_batch(TASKS, step=3, epoch=1, phase="train", time=7.0, logits=None, sample_losses=None,
+                               **args)
+        records += [packed, thorough]
+    shapes = [block_key(unpacked(r)) for r in records]
+    keys = [coalesce_key(r, 0) for r in records]
+    assert len(set(shapes)) > 6  # the variants give several shapes
+    for i in range(len(records)):
+        for j in range(len(records)):
+            assert (keys[i] == keys[j]) == (shapes[i] == shapes[j]), (i, j)
+    assert coalesce_key(records[0], 1) != keys[0]  # a control record between them keeps them apart
+
+
 def _samples(event: BatchEvent) -> dict:
     """What the service takes from a batch: values per sample, whatever the wire types."""
     return {"targets": {t: a.tolist() for t, a in event.targets.items()},
