@@ -308,6 +308,50 @@ def metrics_config(**schedule: int) -> dict[str, Any]:
     return {"METRICS": {k.upper(): v for k, v in schedule.items()}}
 
 
+class Interruptions:
+    """What the machine takes from a running thread, seen by a tight loop of clock reads.
+
+    On the shared 2-core VMs the host preempts the vCPU hundreds of times a second for
+    10-100 µs (charged to the thread's CPU time as well), and the bench's other processes
+    and threads add their share. A call of D µs meets an interruption of at least g µs with
+    probability about rate(>= g) x D; once that reaches 1 %, the calls' p99 is set by the
+    machine, whatever the call does. ``probe`` runs the loop; ``share`` gives that probability.
+    """
+
+    def __init__(self) -> None:
+        self.gaps_ns: list[int] = []
+        self.probed_ns = 0
+
+    def probe(self, duration_s: float = 0.1, min_gap_ns: int = 5_000) -> None:
+        """Spin for ``duration_s`` and keep every gap of at least ``min_gap_ns`` between two clock reads."""
+        clock, gaps = time.perf_counter_ns, self.gaps_ns
+        start = prev = clock()
+        end = start + int(duration_s * 1e9)
+        while prev < end:
+            now = clock()
+            if now - prev >= min_gap_ns:
+                gaps.append(now - prev)
+            prev = now
+        self.probed_ns += prev - start
+
+    def rate_per_s(self, at_least_ns: float) -> float:
+        """Interruptions a second of at least ``at_least_ns``."""
+        return sum(g >= at_least_ns for g in self.gaps_ns) / (self.probed_ns / 1e9) if self.probed_ns else 0.0
+
+    def share(self, call_ns: float, at_least_ns: float) -> float:
+        """The probability that a call of ``call_ns`` meets an interruption of at least ``at_least_ns``."""
+        return self.rate_per_s(at_least_ns) * call_ns / 1e9
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gaps_ns": self.gaps_ns, "probed_ns": self.probed_ns}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Interruptions:
+        out = cls()
+        out.gaps_ns, out.probed_ns = list(data["gaps_ns"]), int(data["probed_ns"])
+        return out
+
+
 # ---------------------------------------------------------------- numbers and tables
 
 

@@ -22,6 +22,12 @@ judged by the growth over those blocks (the up client's sender and wandb move th
 process's RSS by several MiB either way). The summary judges each target by the run
 least favourable to us.
 
+Once a round, the process spins on the clock for 0.1 s and keeps every gap (c.Interruptions):
+what the machine (the host preempting the VM's vCPU, other processes) takes from a running
+thread. For each down contender the summary gives the rate of gaps long enough to take a call
+past 4x the up median, and the share of calls of the down median's length they would hit:
+at 1 % or more, the p99 is set by the machine, not by the call.
+
 The first call of a block follows another contender's block (the up client's flush, wandb's
 threads) and finds the caches cold: it costs 2-4x the block's median for every contender,
 the control included, and these calls alone are half of the slowest 1 %. The service-down
@@ -204,7 +210,9 @@ def timed_rounds(who: Contenders, rounds: int, calls: int) -> dict[str, Any]:
     FULL_GC.durations_ns.clear()  # from here on: the timed blocks
     times: dict[str, list[np.ndarray]] = {name: [] for name in CONTENDERS}
     down_growth = 0  # RSS growth over the blocks with the queue full (the rest of the process moves apart)
+    machine = c.Interruptions()
     for r in range(rounds):
+        machine.probe()  # between rounds, in the same process: what the machine takes from a running thread
         order = CONTENDERS[r % len(CONTENDERS):] + CONTENDERS[:r % len(CONTENDERS)]
         for name in order:
             rss = c.rss_kib(os.getpid())
@@ -226,6 +234,7 @@ def timed_rounds(who: Contenders, rounds: int, calls: int) -> dict[str, Any]:
                      "cpu_median": float(np.median(cpu)), "cpu_p99": c.pct(cpu, 99), "cpu_max": float(cpu.max()),
                      "full_gc_calls": int(np.count_nonzero(full_gc)), "max_without_full_gc": float(calm.max())}
     out["full_gc_ms"] = [d / 1e6 for d in FULL_GC.durations_ns]
+    out["interruptions"] = machine.to_dict()
     return out
 
 
@@ -288,6 +297,7 @@ def targets(results: list[dict[str, Any]]) -> None:
         own = [res[up]["p99"] / res[up]["median"] for res in results]
         print(f"    (without each block's first call: p99 / up median {', '.join(f'{r:.2f}x' for r in later)}; "
               f"the up calls' own p99 / their median {', '.join(f'{r:.2f}x' for r in own)})")
+        print(f"    (the machine: {machine_shares(results, down, up)})")
     noise = [res[CONTROL]["p99"] / res[CONTROL]["median"] for res in results]
     print(f"  (noise floor: the control's p99 / its median {', '.join(f'{r:.2f}x' for r in noise)}, its max "
           f"{max(res[CONTROL]['max'] for res in results) / 1e6:.2f} ms: the same constant work, timed the same way)")
@@ -299,6 +309,18 @@ def targets(results: list[dict[str, Any]]) -> None:
     print(f"  memory bounded while full (RSS growth summed over the service-down blocks <= 5 MiB): "
           f"{growth:+.1f} MiB -> {c.verdict(growth <= 5)}")
     print(f"  nothing dropped with the service up: {c.verdict(all(res['up_dropped'] == 0 for res in results))}")
+
+
+def machine_shares(results: list[dict[str, Any]], down: str, up: str) -> str:
+    """Per run: how often the machine alone pushes a call of the down median's length past 4x the up median."""
+    parts = []
+    for res in results:
+        machine = c.Interruptions.from_dict(res["interruptions"])
+        margin = 4 * res[up]["median"] - res[down]["median"]  # an interruption this long makes the call miss
+        parts.append(f"{machine.rate_per_s(margin):.0f}/s >= {margin / 1e3:.0f} us -> "
+                     f"{100 * machine.share(res[down]['median'], margin):.2f} %")
+    return ("interruptions of a tight loop that alone take a call past 4x the up median, and the share of "
+            f"calls of the down median's length they hit (>= 1 %: the p99 is the machine's): {'; '.join(parts)}")
 
 
 def main() -> int:
