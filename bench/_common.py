@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 import httpx  # noqa: E402
 
+T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
 FAMILIES = {"rarity": ["common", "rare", "very_rare"], "mask": ["masked", "unmasked"]}
 # the issue's standard batch: 256 samples, four tasks of growing width, top-3
@@ -306,6 +307,18 @@ def batch_pool(seed: int, count: int, tasks: Mapping[str, int], size: int,
 
 def metrics_config(**schedule: int) -> dict[str, Any]:
     return {"METRICS": {k.upper(): v for k, v in schedule.items()}}
+
+
+def balanced_order(items: Sequence[T], round_: int) -> list[T]:
+    """Round ``round_`` of a balanced Latin square (Williams' design) over ``items``.
+
+    Over any ``len(items)`` consecutive rounds each item runs once in every position and, for an
+    even count, directly after every other item once: no contender always follows the same one
+    (a plain rotation keeps the same neighbours in every round).
+    """
+    n = len(items)
+    first = [0] + [(k + 1) // 2 if k % 2 else n - k // 2 for k in range(1, n)]
+    return [items[(i + round_) % n] for i in first]
 
 
 class Interruptions:

@@ -50,7 +50,7 @@ def child(rounds: int, calls: int, pollute_mib: int) -> dict[str, Any]:
                 down_growth = 0  # RSS growth over the blocks with the queue full (the rest of the process moves apart)
                 times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
                 for r in range(rounds + 1):  # round 0: untimed
-                    order = CONTENDERS[r % len(CONTENDERS):] + CONTENDERS[:r % len(CONTENDERS)]
+                    order = c.balanced_order(CONTENDERS, r)
                     for name in order:
                         fn = who.call(name)
                         rss = c.rss_kib(os.getpid())

@@ -1,8 +1,11 @@
 """Issue 17's client figures, side by side in alternating blocks, in several fresh processes.
 
 Each run is a fresh process (``--runs``, default 3) that times, per call with
-``time.perf_counter_ns``, in blocks of ``--block`` calls that take turns (the order rotates
-every round, so no contender always follows the same one):
+``time.perf_counter_ns``, in blocks of ``--block`` calls that take turns in the order of a
+balanced Latin square (``c.balanced_order``: over six rounds each contender follows every
+other once; until session 10 the order only rotated, which kept the neighbours, so the lists
+contender always followed the up client's flush, an idle wait after which this VM runs the
+next calls slower):
 
 - ``log_batch`` with the service up (a real ``linnaeus-metrics serve`` subprocess), subset
   labels as lists and as numpy str arrays; the sender is flushed (untimed) after each block,
@@ -213,7 +216,7 @@ def timed_rounds(who: Contenders, rounds: int, calls: int) -> dict[str, Any]:
     machine = c.Interruptions()
     for r in range(rounds):
         machine.probe()  # between rounds, in the same process: what the machine takes from a running thread
-        order = CONTENDERS[r % len(CONTENDERS):] + CONTENDERS[:r % len(CONTENDERS)]
+        order = c.balanced_order(CONTENDERS, r)
         for name in order:
             rss = c.rss_kib(os.getpid())
             times[name].append(block(who.call(name), calls, (r + 1) * calls))
@@ -247,7 +250,7 @@ def parent(runs: int, rounds: int, calls: int, budget_s: float) -> int:
 def report(results: list[dict[str, Any]], rounds: int, calls: int) -> None:
     c.print_header("client_ratio: log_batch next to wandb.log, service up and service down with a full queue",
                    [f"{len(results)} fresh processes; in each, {rounds} rounds of alternating blocks of {calls} "
-                    "calls per contender (order rotating), after one untimed block each",
+                    "calls per contender (order: a balanced Latin square), after one untimed block each",
                     "batch 256, 4 tasks 50/500/2k/10k classes, top-3 int64, subsets rarity x3 + mask x2; "
                     f"max_queue_items={QUEUE:,} (default); down = closed port on 127.0.0.1",
                     "command: .venv/bin/python bench/client_ratio.py " + " ".join(sys.argv[1:])])
