@@ -246,26 +246,16 @@ class RunHost:
         """Apply a delivery exactly once; returns ``{"acked_seq", "applied", "ignored"}``.
 
         ``body`` is the request as received (bytes, content type): the journal keeps it as
-        it is rather than encoding the decoded events again.
+        it is rather than encoding the decoded events again. A group of one (``ingest_many``):
+        one path for a delivery, alone or grouped.
         """
-        run = self.get(run_id)
-        with run.lock:
-            plan = run.plan_delivery(session_id, seq, events)
-            if plan.fresh:
-                now = self._clock()
-                self._append(run_id, "events", {**_journal_events(session_id, seq, events, body), "at": now}, run)
-                if self.store is not None:
-                    self._committed(1)
-            reply = run.apply_delivery(plan)
-            if plan.fresh:  # a resent duplicate changes nothing, its time included
-                run.seen(plan.session.rank, now)
-            self._collect(run)
-            self._log_missing_ranks(run)
-        self._dispatch(run)
+        reply = self.ingest_many(run_id, [(session_id, seq, events, body)])[0]
+        if isinstance(reply, ServiceError):
+            raise reply
         return reply
 
     def ingest_many(self, run_id: str, deliveries: Sequence[Delivery]) -> list[dict[str, int] | ServiceError]:
-        """Apply deliveries of one run as ``ingest`` would one after another, with ONE journal
+        """Apply deliveries of one run exactly once, one after another, with ONE journal
         transaction for all of them (group commit: a sync to disk for the group, not for each).
 
         Each delivery is checked against the state the ones before it left, and applied at once;

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from client._wire import Event
 from service.core.emission import Sink
 from service.core.errors import NotOwner, ServiceError, StoreDamaged, StoreFenced, UnknownRun
 from service.core.run_commands import Run
@@ -156,11 +155,6 @@ class ReplicaHost(RunHost):
     def open_session(self, run_id: str, rank: int) -> dict[str, Any]:
         """Open a session on the owned run."""
         return self._writing(run_id, lambda: super(ReplicaHost, self).open_session(run_id, rank))
-
-    def ingest(self, run_id: str, session_id: str, seq: int, events: Sequence[Event],
-               body: tuple[bytes, str] | None = None) -> dict[str, int]:
-        """Apply a delivery to the owned run."""
-        return self._writing(run_id, lambda: super(ReplicaHost, self).ingest(run_id, session_id, seq, events, body))
 
     def ingest_many(self, run_id: str, deliveries: Sequence[Delivery]) -> list[dict[str, int] | ServiceError]:
         """Apply deliveries to the owned run with one journal transaction (``RunHost.ingest_many``)."""
