@@ -136,11 +136,7 @@ class TeeStore:
         self.copy_s = 0.0
 
     def append(self, run_id: str, command: str, payload: Any) -> int:
-        command_id = self.primary.append(run_id, command, payload)
-        start = time.perf_counter()
-        self.journal.append(run_id, command, payload)
-        self.copy_s += time.perf_counter() - start
-        return command_id
+        return self.append_many(run_id, command, [payload])  # as the stores themselves do
 
     def append_many(self, run_id: str, command: str, payloads: Any) -> int:
         command_id = self.primary.append_many(run_id, command, payloads)
